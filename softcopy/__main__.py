@@ -1,0 +1,5 @@
+"""`python -m softcopy`."""
+
+from .cli import main
+
+main(prog_name="softcopy")

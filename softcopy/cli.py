@@ -1,0 +1,337 @@
+"""Command line: parse, call the engine, turn outcomes and errors into exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import TargetConfig, load_targets, make_target
+from .errors import EXIT_FAILED, EXIT_OK, SoftcopyError
+from .supervisor import StopSignal, Summary, copy_target
+
+log = logging.getLogger("softcopy")
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  every target copied and verified
+  1  a copy or verification failed, or the run was interrupted
+  2  usage or configuration error (bad option, targets file, source, metadata)"""
+
+
+def _target_options(func: Callable) -> Callable:
+    """Options shared by `copy` and `run` (for `run` they override the targets file)."""
+    options = [
+        click.option("--nprocs", type=click.IntRange(min=1), help="Copier processes [2]."),
+        click.option(
+            "--sleep-time",
+            type=click.FloatRange(min=0),
+            help="Seconds each copier sleeps after each file [0].",
+        ),
+        click.option(
+            "--wait-for-source/--no-wait-for-source",
+            default=None,
+            help="Wait for the source to appear instead of failing [no].",
+        ),
+        click.option(
+            "--idle-timeout",
+            type=click.FloatRange(min=0),
+            help="Finish when nothing changed for this many seconds [off].",
+        ),
+        click.option(
+            "--settle",
+            type=click.FloatRange(min=0),
+            help="Finish once every expected chunk exists and nothing changed for this long [5].",
+        ),
+        click.option(
+            "--scan-interval",
+            type=click.FloatRange(min=0.1),
+            help="Seconds between full reconciliation scans of the source [30].",
+        ),
+        click.option(
+            "--complete-marker", help="Name of the source's end-of-acquisition file [complete]."
+        ),
+        click.option(
+            "--fsync/--no-fsync", default=None, help="fsync every file before its rename [no]."
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if v is not None}
+
+
+@click.group(epilog=EXIT_CODES_HELP)
+@click.version_option(__version__, prog_name="softcopy")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging and tracebacks.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """Copy Zarr archives off the acquisition machine while they are being written."""
+    ctx.obj = {"verbose": verbose}
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        if verbose
+        else "softcopy: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("destination", type=click.Path(path_type=Path))
+@_target_options
+@click.pass_context
+def copy(ctx: click.Context, source: Path, destination: Path, **options: Any) -> None:
+    """Copy one zarr SOURCE to DESTINATION (the copy itself; created if missing)."""
+    _run(ctx, lambda: [make_target(source, destination, _given(**options), "command line")])
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@click.argument("targets_file", type=click.Path(path_type=Path))
+@_target_options
+@click.pass_context
+def run(ctx: click.Context, targets_file: Path, **options: Any) -> None:
+    """Copy every target of TARGETS_FILE in parallel (see targets.example.yaml)."""
+    _run(ctx, lambda: load_targets(targets_file, _given(**options)))
+
+
+def _run(ctx: click.Context, make: Callable[[], list[TargetConfig]]) -> None:
+    code = _guarded(ctx, lambda: _copy_all(make()))
+    ctx.exit(code)
+
+
+def _guarded(ctx: click.Context, body: Callable[[], int]) -> int:
+    """One paragraph per error, no traceback unless --verbose."""
+    try:
+        return body()
+    except SoftcopyError as exc:
+        if ctx.obj["verbose"]:
+            log.exception("error")
+        click.echo(f"softcopy: error: {exc}", err=True)
+        return exc.exit_code
+
+
+def _copy_all(targets: list[TargetConfig]) -> int:
+    stop = StopSignal()
+    results: dict[int, Summary | SoftcopyError | BaseException] = {}
+
+    def work(i: int, cfg: TargetConfig) -> None:
+        try:
+            results[i] = copy_target(cfg, stop)
+        except BaseException as exc:  # reported by the main thread
+            results[i] = exc
+
+    threads = [
+        threading.Thread(target=work, args=(i, t), name=f"target-{i}", daemon=True)
+        for i, t in enumerate(targets)
+    ]
+    with _signals_to(stop):
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+    codes = [EXIT_OK]
+    for i, _ in enumerate(targets):
+        result = results[i]
+        if isinstance(result, Summary):
+            click.echo(result.line())
+            for key, error in sorted(result.failures.items()):
+                click.echo(f"  failed: {key}: {error}")
+            for finding in result.findings:
+                click.echo(f"  {finding}")
+            if result.error:
+                click.echo(f"softcopy: {result.source}: {result.error}", err=True)
+            codes.append(EXIT_OK if result.ok else EXIT_FAILED)
+        elif isinstance(result, SoftcopyError):
+            if len(targets) == 1:
+                raise result
+            click.echo(f"softcopy: error: {result}", err=True)
+            codes.append(result.exit_code)
+        else:
+            raise result
+    return max(codes)
+
+
+class _signals_to:
+    """First Ctrl-C or SIGTERM: finish files in flight and stop. Second: abort."""
+
+    def __init__(self, stop: StopSignal) -> None:
+        self.stop = stop
+        self.saved: dict[int, Any] = {}
+
+    def handle(self, signum: int, frame: object) -> None:
+        self.stop.request()
+        if self.stop.level == 1:
+            click.echo(
+                "softcopy: stopping after the files in flight (Ctrl-C again to abort)", err=True
+            )
+        else:
+            click.echo("softcopy: aborting", err=True)
+
+    def __enter__(self) -> _signals_to:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.saved[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("destination", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print findings as JSON lines.")
+@click.pass_context
+def verify(ctx: click.Context, source: Path, destination: Path, as_json: bool) -> None:
+    """Compare DESTINATION with SOURCE: missing, extra and size-mismatched files."""
+    from .verify import compare_trees
+
+    def body() -> int:
+        for path in (source, destination):
+            if not path.is_dir():
+                raise SoftcopyError(path, "verify", "it is not a directory")
+        findings = compare_trees(str(source), str(destination))
+        for f in findings:
+            click.echo(json.dumps(f.as_dict()) if as_json else str(f))
+        if not as_json:
+            click.echo(f"{len(findings)} difference(s)" if findings else "identical")
+        return EXIT_FAILED if findings else EXIT_OK
+
+    ctx.exit(_guarded(ctx, body))
+
+
+# ---- simulation and demo ---------------------------------------------------------------
+
+
+def _simulation_options(func: Callable) -> Callable:
+    from .simulate import FORMATS, LAYOUTS
+
+    options = [
+        click.option(
+            "--format", "fmt", type=click.Choice(FORMATS), default="v3", show_default=True
+        ),
+        click.option("--layout", type=click.Choice(LAYOUTS), default="array", show_default=True),
+        click.option("--timepoints", type=click.IntRange(min=1), default=10, show_default=True),
+        click.option("--interval", type=click.FloatRange(min=0), default=0.2, show_default=True),
+        click.option("--shape", default="4,64,64", show_default=True, help="One timepoint: z,y,x."),
+        click.option("--chunks", default="1,32,32", show_default=True),
+        click.option(
+            "--holes",
+            type=click.FloatRange(0, 1),
+            default=0.0,
+            help="Fraction of fill-value chunks.",
+        ),
+        click.option("--grow/--no-grow", default=False, help="Resize the time axis per timepoint."),
+        click.option(
+            "--partial-writes", type=click.IntRange(min=1), default=1, help="Slabs per timepoint."
+        ),
+        click.option(
+            "--delete-chunk/--no-delete-chunk", default=False, help="Fill timepoint 0 at the end."
+        ),
+        click.option("--complete/--no-complete", default=True, help="Touch 'complete' at the end."),
+        click.option("--wells", type=click.IntRange(min=1), default=2, show_default=True),
+        click.option("--seed", type=int, default=0),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _spec(fmt: str, shape: str, chunks: str, **options: Any):
+    from .simulate import SimulationSpec
+
+    def ints(text: str, name: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(x) for x in text.split(","))
+        except ValueError:
+            raise click.BadParameter(
+                f"{text!r} is not a comma-separated list of integers", param_hint=name
+            ) from None
+
+    try:
+        return SimulationSpec(
+            format=fmt, shape=ints(shape, "--shape"), chunks=ints(chunks, "--chunks"), **options
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@main.command()
+@click.argument("destination", type=click.Path(path_type=Path))
+@_simulation_options
+@click.pass_context
+def simulate(ctx: click.Context, destination: Path, **options: Any) -> None:
+    """Write a zarr archive with tensorstore the way a microscope does (for demos and tests)."""
+    from .simulate import simulate as run_simulation
+
+    spec = _spec(**options)
+
+    def body() -> int:
+        try:
+            summary = run_simulation(destination, spec, log=lambda m: log.info("%s", m))
+        except FileExistsError as exc:
+            raise SoftcopyError(destination, "simulate into", str(exc)) from exc
+        click.echo(
+            f"simulated {summary['files']} files ({summary['bytes']} bytes) in "
+            f"{summary['seconds']:.1f} s at {destination}"
+        )
+        return EXIT_OK
+
+    ctx.exit(_guarded(ctx, body))
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Keep the demo directory instead of deleting it.")
+@click.option(
+    "--format", "fmt", default="v3", show_default=True, help="Archive format to simulate."
+)
+@click.option("--layout", default="ome", show_default=True, help="array, ome or plate.")
+@click.option("--nprocs", type=click.IntRange(min=1), default=2, show_default=True)
+@click.pass_context
+def demo(ctx: click.Context, keep: bool, fmt: str, layout: str, nprocs: int) -> None:
+    """Simulate an acquisition, copy it live, verify, and print a summary."""
+    base = Path(tempfile.mkdtemp(prefix="softcopy-demo-"))
+    source, destination = base / "acquisition.zarr", base / "copy.zarr"
+    click.echo(f"softcopy demo in {base}: a simulated microscope writes {source.name} ...")
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "softcopy", "simulate", str(source), "--format", fmt,
+         "--layout", layout, "--timepoints", "12", "--interval", "0.25", "--holes", "0.1"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    code = EXIT_FAILED
+    try:
+        cfg = make_target(source, destination, {"nprocs": nprocs, "wait_for_source": True}, "demo")
+        code = _guarded(ctx, lambda: _copy_all([cfg]))
+        if writer.wait(60) != 0:
+            click.echo("softcopy: the simulated writer failed", err=True)
+            code = EXIT_FAILED
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+        if keep:
+            click.echo(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    ctx.exit(code)
+
+
+if __name__ == "__main__":
+    main()

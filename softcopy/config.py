@@ -1,0 +1,155 @@
+"""Targets and their options, parsed once into frozen dataclasses; every check lives here."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    source: Path
+    destination: Path
+    nprocs: int = 2
+    sleep_time: float = 0.0  # seconds each copier sleeps after each file
+    wait_for_source: bool = False
+    idle_timeout: float | None = None  # finish when nothing changed for this long
+    settle: float = 5.0  # quiet time after every expected chunk is present
+    scan_interval: float = 30.0  # periodic reconciliation scan
+    complete_marker: str = "complete"
+    fsync: bool = False
+    max_attempts: int = 5
+    batch_size: int = 32
+
+    @property
+    def name(self) -> str:
+        return str(self.source)
+
+
+_OPTION_NAMES = {f.name for f in fields(TargetConfig)} - {"source", "destination"}
+
+
+def _check_number(where: str, value: Any, minimum: float, allow_none: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(where, "read option", f"{value!r} is not a number")
+    if value < minimum:
+        raise ConfigError(where, "read option", f"{value!r} is less than {minimum}")
+    return value
+
+
+def parse_options(options: dict[str, Any], where: str) -> dict[str, Any]:
+    """Validate per-target options; `where` names the place for error messages."""
+    parsed: dict[str, Any] = {}
+    for name, value in options.items():
+        here = f"{where}.{name}"
+        if name not in _OPTION_NAMES:
+            known = ", ".join(sorted(_OPTION_NAMES))
+            raise ConfigError(here, "read option", f"unknown option (known: {known})")
+        if name in ("nprocs", "max_attempts", "batch_size"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(here, "read option", f"{value!r} is not a whole number >= 1")
+        elif name in ("sleep_time", "settle", "scan_interval"):
+            _check_number(here, value, 0)
+        elif name == "idle_timeout":
+            _check_number(here, value, 0, allow_none=True)
+        elif name in ("wait_for_source", "fsync"):
+            if not isinstance(value, bool):
+                raise ConfigError(here, "read option", f"{value!r} is not true or false")
+        elif name == "complete_marker" and (
+            not isinstance(value, str) or not value or "/" in value
+        ):
+            raise ConfigError(here, "read option", f"{value!r} is not a plain file name")
+        parsed[name] = value
+    return parsed
+
+
+def make_target(source: Any, destination: Any, options: dict[str, Any], where: str) -> TargetConfig:
+    for field_name, value in (("source", source), ("destination", destination)):
+        if not isinstance(value, str | os.PathLike) or not str(value):
+            raise ConfigError(f"{where}.{field_name}", "read target", "a path is required")
+    src = Path(os.path.abspath(os.path.expanduser(source)))
+    dst = Path(os.path.abspath(os.path.expanduser(destination)))
+    check_paths(src, dst)
+    return TargetConfig(src, dst, **parse_options(options, where))
+
+
+def check_paths(src: Path, dst: Path) -> None:
+    """Refuse overlapping trees: a copy inside its own source would copy itself forever."""
+    real_src, real_dst = Path(os.path.realpath(src)), Path(os.path.realpath(dst))
+    if real_src == real_dst:
+        raise ConfigError(dst, "use destination", "it is the source itself")
+    if real_src in real_dst.parents:
+        raise ConfigError(dst, "use destination", f"it is inside the source {src}")
+    if real_dst in real_src.parents:
+        raise ConfigError(src, "use source", f"it is inside the destination {dst}")
+
+
+def load_targets(path: Path, overrides: dict[str, Any] | None = None) -> list[TargetConfig]:
+    """Read a targets file: `targets: [{source, destination, ...}]` and optional `defaults:`."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(path, "read targets file", exc.strerror or str(exc)) from exc
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, "parse targets file", f"not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("targets"), list) or not doc["targets"]:
+        raise ConfigError(
+            path, "read targets file", "expected a mapping with a non-empty 'targets' list"
+        )
+    unknown = set(doc) - {"targets", "defaults"}
+    if unknown:
+        raise ConfigError(path, "read targets file", f"unknown top-level keys: {sorted(unknown)}")
+    defaults = doc.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{path}: defaults", "read targets file", "expected a mapping")
+    base = parse_options(defaults, f"{path}: defaults")
+    targets: list[TargetConfig] = []
+    for i, entry in enumerate(doc["targets"]):
+        where = f"{path}: targets[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(
+                where, "read target", "expected a mapping with source and destination"
+            )
+        entry = dict(entry)
+        source, destination = entry.pop("source", None), entry.pop("destination", None)
+        # Relative paths in a targets file are relative to the file, not to the shell.
+        base_dir = Path(path).resolve().parent
+        source = base_dir / source if isinstance(source, str) and source else source
+        destination = (
+            base_dir / destination if isinstance(destination, str) and destination else destination
+        )
+        options = {**base, **parse_options(entry, where), **(overrides or {})}
+        targets.append(make_target(source, destination, options, where))
+    _check_distinct(path, targets)
+    return targets
+
+
+def _check_distinct(path: Path, targets: list[TargetConfig]) -> None:
+    for i, a in enumerate(targets):
+        for j, b in enumerate(targets[:i]):
+            if a.destination == b.destination:
+                raise ConfigError(
+                    f"{path}: targets[{i}].destination", "read target",
+                    f"targets[{j}] writes to the same destination {a.destination}",
+                )  # fmt: skip
+            try:
+                check_paths(a.destination, b.destination)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"{path}: targets[{i}].destination", "read target",
+                    f"overlaps targets[{j}].destination: {exc.problem}",
+                ) from exc  # fmt: skip
+
+
+def with_options(target: TargetConfig, **options: Any) -> TargetConfig:
+    return replace(target, **parse_options(options, "option"))

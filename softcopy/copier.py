@@ -1,0 +1,224 @@
+"""Copier processes: low priority, fed batches of keys, report one outcome per key.
+
+A copier knows nothing of zarr; it imports only the standard library, psutil and
+`transfer`, so starting one is cheap. Each is a fresh interpreter
+(`python -m softcopy.copier`) talking over a socketpair: no fork of a
+multi-threaded supervisor, and no dependence on how the parent was started.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+from .transfer import DirCache, Outcome, copy_one
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class CopierOptions:
+    source: str
+    destination: str
+    sleep_time: float = 0.0
+    fsync: bool = False
+    nice: int = 19
+    idle_io: bool = True
+
+
+# ---- the child side ------------------------------------------------------------------
+
+
+def _lower_priority(options: CopierOptions) -> None:
+    """The acquisition comes first: idle I/O class and the lowest CPU priority."""
+    if options.nice:
+        os.nice(options.nice)
+    if options.idle_io:
+        try:
+            import psutil
+
+            psutil.Process().ionice(psutil.IOPRIO_CLASS_IDLE)
+        except Exception as exc:  # no ioprio support: keep going at normal I/O priority
+            log.warning("could not set idle I/O priority: %s", exc)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    # If the supervisor is killed, a copier must not go on writing behind its back.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def child_main(fd: int, parent_pid: int, options: CopierOptions) -> None:
+    _die_with_parent(parent_pid)
+    # Ctrl-C reaches the whole process group; the supervisor decides what it means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stopping = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True  # finish the file in hand, report, exit
+
+    signal.signal(signal.SIGTERM, on_term)
+    _lower_priority(options)
+    conn = Connection(fd)
+    dirs = DirCache(options.destination)
+    while not stopping:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError, InterruptedError):
+            break
+        if message[0] == "stop":
+            break
+        _, batch_id, jobs = message
+        outcomes: list[Outcome] = []
+        try:
+            for key, compare_first in jobs:
+                if stopping:
+                    break
+                outcomes.append(copy_one(options.source, dirs, key, compare_first, options.fsync))
+                if options.sleep_time > 0:
+                    time.sleep(options.sleep_time)
+        finally:
+            dirs.close()
+        try:
+            conn.send(("done", batch_id, outcomes))
+        except OSError:
+            break
+    conn.close()
+
+
+# ---- the supervisor side -----------------------------------------------------------------
+
+
+@dataclass
+class Copier:
+    process: subprocess.Popen
+    conn: Connection
+    keys: list[str] = field(default_factory=list)  # the batch it holds, empty when idle
+    batch_id: int = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.keys)
+
+
+class CopierPool:
+    """N copier processes; at most one batch each, so lost work is always known."""
+
+    def __init__(self, n: int, options: CopierOptions) -> None:
+        self.options = options
+        self.copiers: list[Copier] = []
+        self._batches = 0
+        for _ in range(n):
+            self.copiers.append(self._start())
+
+    def _start(self) -> Copier:
+        parent, child = socket.socketpair()
+        payload = json.dumps(self.options.__dict__)
+        cmd = [sys.executable, "-m", "softcopy.copier", str(child.fileno()), str(os.getpid())]
+        process = subprocess.Popen(
+            [*cmd, payload], pass_fds=[child.fileno()], stdin=subprocess.DEVNULL
+        )
+        child.close()
+        return Copier(process, Connection(parent.detach()))
+
+    def idle(self) -> list[Copier]:
+        return [c for c in self.copiers if not c.busy]
+
+    def connections(self) -> list[Connection]:
+        return [c.conn for c in self.copiers]
+
+    def send(self, copier: Copier, jobs: list[tuple[str, bool]]) -> None:
+        self._batches += 1
+        copier.keys = [key for key, _ in jobs]
+        copier.batch_id = self._batches
+        copier.conn.send(("batch", copier.batch_id, jobs))
+
+    def receive(self, conn: Connection) -> tuple[list[Outcome], list[str]]:
+        """Outcomes of a finished batch, and keys that were handed out but not done.
+
+        A copier that died (killed, crashed) is replaced; its whole batch comes
+        back as not done, to be queued again.
+        """
+        copier = next(c for c in self.copiers if c.conn is conn)
+        try:
+            _, _, outcomes = conn.recv()
+        except (EOFError, OSError):
+            lost = copier.keys
+            self._replace(copier)
+            return [], lost
+        done = {o.key for o in outcomes}
+        lost = [k for k in copier.keys if k not in done]
+        copier.keys = []
+        return outcomes, lost
+
+    def _replace(self, copier: Copier) -> None:
+        code = copier.process.poll()
+        log.warning(
+            "copier process %d ended unexpectedly (exit %s); starting another",
+            copier.process.pid,
+            code,
+        )
+        copier.conn.close()
+        copier.process.kill()
+        copier.process.wait()
+        index = self.copiers.index(copier)
+        self.copiers[index] = self._start()
+
+    def in_flight(self) -> list[str]:
+        return [k for c in self.copiers for k in c.keys]
+
+    def stop(self, graceful: bool, timeout: float = 30.0) -> list[Outcome]:
+        """Graceful: copiers finish the file in hand and report. Otherwise: kill at once."""
+        outcomes: list[Outcome] = []
+        for c in self.copiers:
+            if c.process.poll() is None:
+                if graceful:
+                    if c.busy:
+                        c.process.send_signal(signal.SIGTERM)
+                    else:
+                        _send_quietly(c.conn, ("stop",))
+                else:
+                    c.process.kill()
+        deadline = time.monotonic() + timeout
+        for c in self.copiers:
+            if graceful and c.busy:
+                remaining = max(0.0, deadline - time.monotonic())
+                if c.conn.poll(remaining):
+                    try:
+                        outcomes.extend(c.conn.recv()[2])
+                    except (EOFError, OSError):
+                        pass
+            try:
+                c.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                c.process.kill()
+                c.process.wait()
+            c.conn.close()
+        self.copiers = []
+        return outcomes
+
+
+def _send_quietly(conn: Connection, message: object) -> None:
+    try:
+        conn.send(message)
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    _fd, _parent, _payload = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    child_main(_fd, _parent, CopierOptions(**json.loads(_payload)))

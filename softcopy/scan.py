@@ -1,0 +1,120 @@
+"""Walk a tree without following links: which files exist, and at which version."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+# Writers publish by renaming a temporary file onto the final name; the temporary
+# names below never hold a finished file and are never copied.
+#   tensorstore:  <name>.__lock, <name>_<16 hex>.__lock
+#   zarr-python:  <stem>.<32 hex>.partial
+#   softcopy:     .softcopy-tmp.<name> (our own, in the destination)
+_WRITER_TEMP = re.compile(r"(\.__lock|\.[0-9a-f]{32}\.partial)$")
+TEMP_PREFIX = ".softcopy-tmp."
+
+
+class Version(NamedTuple):
+    """What identifies one content of a file: a rename by the writer changes the inode."""
+
+    size: int
+    mtime_ns: int
+    ino: int
+
+
+def version_of(st: os.stat_result) -> Version:
+    return Version(st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def is_temporary(name: str) -> bool:
+    """True for a writer's or softcopy's temporary file name (a basename)."""
+    return name.startswith(TEMP_PREFIX) or _WRITER_TEMP.search(name) is not None
+
+
+def join_key(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+@dataclass
+class ScanResult:
+    """One full pass over a tree: every file and link, and how many temporary files remain."""
+
+    files: dict[str, Version] = field(default_factory=dict)
+    links: set[str] = field(default_factory=set)
+    temporary: list[str] = field(default_factory=list)
+    directories: list[str] = field(default_factory=list)
+    errors: list[tuple[str, OSError]] = field(default_factory=list)
+
+
+def walk(
+    root: str,
+    rel: str = "",
+    on_dir: Callable[[str], None] | None = None,
+) -> Iterator[tuple[str, os.stat_result | None, bool]]:
+    """Yield (key, lstat, is_temporary) for every non-directory below root/rel.
+
+    Directories are reported to `on_dir` before their entries are listed, so a
+    caller that adds an inotify watch there sees every later change: watch first,
+    then list, and nothing falls between the two. Links are never followed. A
+    directory that vanishes while we walk is skipped: the writer deleted it.
+    """
+    stack = [rel]
+    while stack:
+        current = stack.pop()
+        if on_dir is not None:
+            on_dir(current)
+        path = os.path.join(root, current) if current else root
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            key = join_key(current, entry.name)
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(key)
+                    continue
+                if is_temporary(entry.name):
+                    yield key, None, True
+                    continue
+                yield key, entry.stat(follow_symlinks=False), False
+            except FileNotFoundError:
+                continue
+
+
+def scan_tree(root: str, rel: str = "", on_dir: Callable[[str], None] | None = None) -> ScanResult:
+    """A full listing of root/rel: the source of truth that events only hint at."""
+    result = ScanResult()
+
+    def note_dir(key: str) -> None:
+        result.directories.append(key)
+        if on_dir is not None:
+            on_dir(key)
+
+    for key, st, temporary in walk(root, rel, note_dir):
+        if temporary:
+            result.temporary.append(key)
+            continue
+        assert st is not None
+        if stat.S_ISLNK(st.st_mode):
+            result.links.add(key)
+        elif not stat.S_ISREG(st.st_mode):
+            continue  # sockets, fifos, devices: not data, never copied
+        result.files[key] = version_of(st)
+    return result
+
+
+def stat_key(root: str, key: str) -> Version | None:
+    """The current version of one file, or None when it is gone (or is a directory)."""
+    try:
+        st = os.lstat(os.path.join(root, key))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+        return version_of(st)
+    return None

@@ -1,0 +1,605 @@
+"""One target from start to done: watch, scan, feed copiers, notice the end, drain, verify.
+
+States: waiting -> copying -> draining -> verifying -> done | failed | interrupted.
+Only this module decides what a key needs; copiers just do what they are told.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import wait
+from pathlib import Path
+
+from . import __version__
+from .config import TargetConfig
+from .copier import CopierOptions, CopierPool
+from .errors import ConfigError, MetadataError, SoftcopyError, from_os_error
+from .layout import ArrayLayout, metadata_kind, read_node
+from .ledger import Ledger
+from .scan import TEMP_PREFIX, ScanResult, Version, scan_tree, stat_key, walk
+from .transfer import CHANGED, COPIED, DELETED, FAILED, SAME, DirCache, copy_one
+from .verify import Finding, compare_trees
+from .watch import TreeWatcher
+
+log = logging.getLogger(__name__)
+
+_PROGRESS_EVERY = 10.0
+_RETRY_BASE = 0.2
+_FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+class StopSignal:
+    """Ctrl-C / SIGTERM, shared by every target: 1 = finish files in flight, 2 = abort."""
+
+    def __init__(self) -> None:
+        self.level = 0
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
+
+    def request(self) -> None:
+        self.level += 1
+        try:
+            os.write(self._w, b"x")
+        except BlockingIOError:
+            pass
+
+    def fileno(self) -> int:
+        return self._r
+
+
+@dataclass
+class Summary:
+    source: str
+    destination: str
+    state: str = "waiting"
+    reason: str = ""
+    files_copied: int = 0
+    bytes_copied: int = 0
+    files_deleted: int = 0
+    files_already_there: int = 0
+    files_at_source: int = 0
+    bytes_at_source: int = 0
+    seconds: float = 0.0
+    failures: dict[str, str] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "done"
+
+    def line(self) -> str:
+        rate = self.bytes_copied / self.seconds / 1e6 if self.seconds > 0 else 0.0
+        return (
+            f"{self.state}: {self.source} -> {self.destination}: "
+            f"{self.files_at_source} files ({_size(self.bytes_at_source)}) verified; "
+            f"{self.files_copied} copied ({_size(self.bytes_copied)}), "
+            f"{self.files_deleted} deleted, {self.files_already_there} already there; "
+            f"{self.seconds:.1f} s, {rate:.1f} MB/s"
+        )
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["findings"] = [f.as_dict() for f in self.findings]
+        return d
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def sidecar_dir(destination: Path) -> Path:
+    """softcopy's own records live beside the copy, never inside it."""
+    return destination.parent / f"{destination.name}.softcopy"
+
+
+class Supervisor:
+    def __init__(self, cfg: TargetConfig, stop: StopSignal | None = None) -> None:
+        self.cfg = cfg
+        self.stop = stop or StopSignal()
+        self.src = str(cfg.source)
+        self.dst = str(cfg.destination)
+        self.summary = Summary(self.src, self.dst)
+        self.ledger = Ledger()
+        self.watcher: TreeWatcher | None = None
+        self.pool: CopierPool | None = None
+        self.marker_present = False
+        self.temp_count = 0
+        self.last_change = time.monotonic()
+        self.next_scan = 0.0
+        self.compare_first: set[str] = set()
+        self.attempts: dict[str, int] = {}
+        self.deferred: dict[str, float] = {}  # key -> monotonic time it may be tried again
+        self.failed: dict[str, str] = {}
+        self.fatal: SoftcopyError | None = None
+        self.queue_empty = False
+        self.bad_metadata: dict[str, Version | None] = {}
+        self._lock_fd: int | None = None
+        self._last_progress = time.monotonic()
+        self._settle_checked = 0.0
+
+    # ---- the whole run --------------------------------------------------------------
+
+    def run(self) -> Summary:
+        started = time.monotonic()
+        try:
+            self._run()
+        except SoftcopyError as exc:
+            self.summary.state = "failed"
+            self.summary.error = str(exc)
+            raise
+        finally:
+            self.summary.seconds = time.monotonic() - started
+            self._shutdown()
+        return self.summary
+
+    def _run(self) -> None:
+        if not self._wait_for_source():
+            self.summary.state = "interrupted"
+            return
+        self._prepare_destination()
+        self.summary.state = "copying"
+        self.watcher = TreeWatcher(self.src)
+        self.full_scan(initial=True)
+        self._match_destination()
+        self.pool = CopierPool(
+            self.cfg.nprocs,
+            CopierOptions(self.src, self.dst, self.cfg.sleep_time, self.cfg.fsync),
+        )
+        log.info("%s: copying to %s with %d copiers", self.src, self.dst, self.cfg.nprocs)
+        reason = self._loop(finishing=False)
+        if reason is None:
+            return self._interrupted()
+        self.summary.reason = reason
+        log.info("%s: finished (%s); copying what is left", self.src, reason)
+        self.summary.state = "draining"
+        if not self._drain():
+            return self._interrupted()
+        self.summary.state = "verifying"
+        self._verify_and_finish()
+
+    def _interrupted(self) -> None:
+        self.summary.state = "interrupted"
+        self.summary.error = (
+            "stopped before the copy was complete; run the same command again to resume"
+        )
+
+    # ---- start ---------------------------------------------------------------------------
+
+    def _wait_for_source(self) -> bool:
+        """True once the source exists and holds zarr metadata; False if stopped meanwhile."""
+        said = 0.0
+        while True:
+            problem = self._source_problem()
+            if problem is None:
+                return True
+            if not self.cfg.wait_for_source:
+                raise problem
+            now = time.monotonic()
+            if now - said >= 30:
+                log.info(
+                    "%s: waiting for the source (%s); Ctrl-C to give up",
+                    self.src,
+                    problem.problem,
+                )
+                said = now
+            wait([self.stop], 0.5)
+            if self.stop.level:
+                return False
+
+    def _source_problem(self) -> SoftcopyError | None:
+        try:
+            st = os.stat(self.src)
+        except FileNotFoundError:
+            return SoftcopyError(self.src, "copy source", "it does not exist")
+        except OSError as exc:
+            return from_os_error(exc, "read source", self.src)
+        if not os.path.isdir(self.src):
+            return ConfigError(self.src, "copy source", "it is not a directory")
+        del st
+        try:
+            node = read_node(Path(self.src), "")
+        except PermissionError as exc:
+            return from_os_error(exc, "read source", self.src)
+        if node is None:
+            return MetadataError(
+                self.src,
+                "copy source",
+                "it holds no zarr metadata (.zarray, .zgroup or zarr.json); "
+                "only zarr arrays and groups can be copied",
+            )
+        return None
+
+    def _prepare_destination(self) -> None:
+        dst = Path(self.dst)
+        if dst.exists() and not dst.is_dir():
+            raise ConfigError(dst, "use destination", "it exists and is not a directory")
+        side = sidecar_dir(dst)
+        try:
+            existed = dst.is_dir() and any(dst.iterdir())
+            dst.mkdir(parents=True, exist_ok=True)
+            side.mkdir(exist_ok=True)
+            self._lock_fd = os.open(side / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise from_os_error(exc, "create destination", exc.filename or dst) from exc
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise ConfigError(
+                dst, "copy to destination", "another softcopy is already copying there"
+            ) from exc
+        record = side / "target.json"
+        previous = None
+        try:
+            previous = json.loads(record.read_text()).get("source")
+        except (OSError, ValueError, AttributeError):
+            pass
+        # Files in the destination that the source lacks are deleted only when the
+        # destination is ours: new, or made by softcopy from this same source.
+        self.owned = not existed or previous == self.src
+        _write_json(record, {"source": self.src, "destination": self.dst, "version": __version__})
+
+    def _match_destination(self) -> None:
+        """Take stock of what a previous run (or someone else) already put in the destination."""
+        dst = scan_tree(self.dst)
+        for key in dst.temporary:
+            if os.path.basename(key).startswith(TEMP_PREFIX):
+                _unlink(os.path.join(self.dst, key))  # a crashed run's partial file
+        for key, there in dst.files.items():
+            here = self.ledger.source(key)
+            if here is None:
+                if self.owned and key != self.cfg.complete_marker:
+                    self.ledger.set_copied(key, there)  # extra: the copier deletes it
+                continue
+            if here.size == there.size and here.mtime_ns == there.mtime_ns:
+                self.ledger.set_copied(key, here)
+                self.summary.files_already_there += 1
+            elif here.size == there.size:
+                self.compare_first.add(key)  # same size, other mtime: compare before copying
+        for key in dst.links:
+            here = self.ledger.source(key)
+            if here is not None and _same_link(self.src, self.dst, key):
+                self.ledger.set_copied(key, here)
+                self.summary.files_already_there += 1
+            elif here is None and self.owned:
+                self.ledger.set_copied(key, stat_key(self.dst, key))
+
+    # ---- observing the source --------------------------------------------------------------
+
+    def full_scan(self, initial: bool = False) -> int:
+        """List the whole source; returns how many keys changed. The source of truth."""
+        assert self.watcher is not None
+        self.ledger.begin_sweep()
+        try:
+            result = scan_tree(self.src, "", on_dir=self.watcher.watch)
+        except OSError as exc:
+            raise from_os_error(exc, "scan source", self.src) from exc
+        changed = self._absorb(result, initial)
+        for key in self.ledger.end_sweep():
+            changed += self._look(key)  # re-stat: it may have appeared after we listed it
+        self.temp_count = len(result.temporary)
+        self.next_scan = time.monotonic() + self.cfg.scan_interval
+        return changed
+
+    def _scan_subtree(self, rel: str) -> None:
+        """A new directory: watch it, then list it, so no file falls between the two."""
+        assert self.watcher is not None
+        result = scan_tree(self.src, rel, on_dir=self.watcher.watch)
+        self._absorb(result, initial=False)
+
+    def _absorb(self, result: ScanResult, initial: bool) -> int:
+        # Metadata first, so chunk files land in their array's rows.
+        nodes = sorted(
+            {os.path.dirname(k) for k in result.files if metadata_kind(os.path.basename(k))},
+            key=lambda d: d.count("/"),
+        )
+        for rel in nodes:
+            self._refresh_node(rel, strict=initial)
+        changed = 0
+        marker = self.cfg.complete_marker
+        for key, version in result.files.items():
+            if key == marker:
+                self.marker_present = True
+                continue
+            changed += self._observe(key, version)
+        for key in result.links:
+            changed += self._observe(key, stat_key(self.src, key))
+        self.summary.files_at_source = len(result.files) + len(result.links)
+        return changed
+
+    def _look(self, key: str) -> int:
+        name = os.path.basename(key)
+        if key == self.cfg.complete_marker:
+            self.marker_present = stat_key(self.src, key) is not None
+            return 0
+        if metadata_kind(name):
+            self._refresh_node(os.path.dirname(key), strict=False)
+        return self._observe(key, stat_key(self.src, key))
+
+    def _observe(self, key: str, version: Version | None) -> int:
+        if not self.ledger.observe(key, version):
+            return 0
+        self.last_change = time.monotonic()
+        if key in self.failed:  # a new version deserves a new chance
+            del self.failed[key]
+            self.attempts.pop(key, None)
+        return 1
+
+    def _refresh_node(self, rel: str, strict: bool) -> None:
+        try:
+            node = read_node(Path(self.src) / rel if rel else Path(self.src), rel)
+        except MetadataError as exc:
+            if strict:
+                raise
+            # Mid-acquisition a hand-written metadata file may be caught half-written;
+            # keep the last good layout and say so once per version.
+            meta = os.path.join(rel, ".zarray")
+            if self.bad_metadata.get(rel) != stat_key(self.src, meta):
+                log.warning("%s: %s; keeping the previous layout", self.src, exc)
+                self.bad_metadata[rel] = stat_key(self.src, meta)
+            return
+        except OSError as exc:
+            if strict:
+                raise from_os_error(exc, "read metadata in", Path(self.src) / rel) from exc
+            return
+        if isinstance(node, ArrayLayout):
+            if self.ledger.set_layout(node):
+                log.debug("%s: array %r has file grid %s", self.src, rel, node.grid)
+        elif rel in self.ledger.arrays:
+            self.ledger.drop_array(rel)
+
+    def _on_events(self) -> None:
+        assert self.watcher is not None
+        for hint in self.watcher.read(0):
+            if hint.kind == "rescan":
+                self.full_scan()
+            elif hint.kind == "dir":
+                self._scan_subtree(hint.key)
+                self.last_change = time.monotonic()
+            else:
+                self._look(hint.key)
+
+    # ---- feeding copiers ---------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        assert self.pool is not None
+        idle = self.pool.idle()
+        if not idle:
+            return
+        now = time.monotonic()
+        for key in [k for k, t in self.deferred.items() if t <= now]:
+            del self.deferred[key]
+            self.ledger.requeue(key)
+        skip = set(self.deferred) | set(self.failed)
+        keys = self.ledger.take(self.cfg.batch_size * len(idle), skip=skip)
+        self.queue_empty = not keys
+        # Spread a short queue over every idle copier: lag matters more than batching then.
+        for n, copier in enumerate(idle):
+            batch = keys[n :: len(idle)]
+            if batch:
+                self.pool.send(copier, [(k, k in self.compare_first) for k in batch])
+
+    def _on_results(self, conn: object) -> None:
+        assert self.pool is not None
+        outcomes, lost = self.pool.receive(conn)  # type: ignore[arg-type]
+        for key in lost:
+            self.ledger.set_inflight(key, False)
+            self.ledger.requeue(key)
+        for o in outcomes:
+            if o.status in (COPIED, SAME):
+                self.ledger.set_copied(o.key, o.version)
+                self.compare_first.discard(o.key)
+                self.attempts.pop(o.key, None)
+                if o.status == COPIED:
+                    self.summary.files_copied += 1
+                    self.summary.bytes_copied += o.nbytes
+                else:
+                    self.summary.files_already_there += 1
+                if self.ledger.needs_work(o.key):
+                    self.ledger.requeue(o.key)  # the source moved on meanwhile
+            elif o.status == DELETED:
+                self.ledger.set_copied(o.key, None)
+                self._observe(o.key, stat_key(self.src, o.key))
+                self.summary.files_deleted += 1
+            elif o.status == CHANGED:
+                self.ledger.set_inflight(o.key, False)
+                self._observe(o.key, stat_key(self.src, o.key))
+                self.ledger.requeue(o.key)
+            elif o.status == FAILED:
+                self.ledger.set_inflight(o.key, False)
+                self._failed(o.key, o.error, o.errno)
+
+    def _failed(self, key: str, error: str, err: int) -> None:
+        if err in _FATAL_ERRNOS:
+            self.fatal = SoftcopyError(
+                os.path.join(self.dst, key),
+                "write",
+                f"{error}; free space on the destination filesystem and run again to resume"
+                if err in (errno.ENOSPC, errno.EDQUOT)
+                else error,
+            )
+            return
+        attempts = self.attempts.get(key, 0) + 1
+        self.attempts[key] = attempts
+        if attempts < self.cfg.max_attempts:
+            delay = _RETRY_BASE * 2 ** (attempts - 1)
+            log.warning("%s: %s: %s; retry %d in %.1f s", self.src, key, error, attempts, delay)
+            self.deferred[key] = time.monotonic() + delay
+        else:
+            log.error("%s: %s: %s; giving up after %d attempts", self.src, key, error, attempts)
+            self.failed[key] = error
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def _loop(self, finishing: bool) -> str | None:
+        """Run until finished (returns why) or, when finishing, until nothing is left to do."""
+        assert self.pool is not None and self.watcher is not None
+        while True:
+            if self.stop.level:
+                return None
+            if self.fatal is not None:
+                raise self.fatal
+            self._dispatch()
+            now = time.monotonic()
+            if finishing and self.queue_empty and not self.pool.in_flight() and not self.deferred:
+                return "drained"
+            if not finishing:
+                reason = self._finished(now)
+                if reason:
+                    return reason
+            ready = wait([self.watcher, self.stop, *self.pool.connections()], 0.5)
+            for source in ready:
+                if source is self.watcher:
+                    self._on_events()
+                elif source is not self.stop:
+                    self._on_results(source)
+            now = time.monotonic()
+            if now >= self.next_scan:
+                self.full_scan()
+            if now - self._last_progress >= _PROGRESS_EVERY:
+                self._report_progress()
+
+    def _finished(self, now: float) -> str:
+        if self.marker_present:
+            return f"the source has a '{self.cfg.complete_marker}' marker"
+        quiet = now - self.last_change
+        idle = self.cfg.idle_timeout
+        if idle is not None and quiet >= idle:
+            if self.full_scan() == 0:
+                return f"nothing changed for {idle:g} s (idle timeout)"
+            return ""
+        if quiet < self.cfg.settle or now - self._settle_checked < 1.0:
+            return ""
+        self._settle_checked = now
+        if not self.ledger.all_expected_present() or self.temp_count:
+            return ""
+        # Confirm with a fresh listing: events may have been lost.
+        if self.full_scan() == 0 and self.temp_count == 0 and not self.marker_present:
+            return f"every expected file is present and nothing changed for {self.cfg.settle:g} s"
+        return ""
+
+    def _drain(self) -> bool:
+        """Copy everything left, then list again until a listing finds nothing new."""
+        while True:
+            self.full_scan()
+            if self._loop(finishing=True) is None:
+                return False
+            if self.full_scan() == 0 and not self.ledger.pending_count():
+                return True
+
+    def _report_progress(self) -> None:
+        self._last_progress = time.monotonic()
+        present, expected = self.ledger.expected_counts()
+        log.info(
+            "%s: %s; %d files copied (%s), %d pending, %d chunk files of %d expected present",
+            self.src,
+            self.summary.state,
+            self.summary.files_copied,
+            _size(self.summary.bytes_copied),
+            self.ledger.pending_count(),
+            present,
+            expected,
+        )
+
+    # ---- the end ---------------------------------------------------------------------------
+
+    def _verify_and_finish(self) -> None:
+        marker = self.cfg.complete_marker
+        source_scan = scan_tree(self.src)
+        findings = compare_trees(self.src, self.dst, frozenset({marker}), source_scan)
+        self.summary.findings = findings
+        self.summary.failures = dict(self.failed)
+        self.summary.files_at_source = len(
+            (source_scan.files.keys() | source_scan.links) - {marker}
+        )
+        self.summary.bytes_at_source = sum(
+            v.size for k, v in source_scan.files.items() if k != marker
+        )
+        if findings or self.failed:
+            self.summary.state = "failed"
+            self.summary.error = (
+                f"verification found {len(findings)} difference(s) and "
+                f"{len(self.failed)} file(s) failed to copy"
+            )
+            return
+        _syncfs(self.dst)
+        if marker in source_scan.files:
+            # The marker goes last, so whoever waits on it at the destination
+            # sees a whole, verified copy.
+            dirs = DirCache(self.dst)
+            try:
+                outcome = copy_one(self.src, dirs, marker, fsync=True)
+            finally:
+                dirs.close()
+            if outcome.status != COPIED:
+                raise SoftcopyError(
+                    os.path.join(self.dst, marker), "write completion marker", outcome.error
+                )
+            _syncfs(self.dst)
+        self.summary.state = "done"
+        _write_json(sidecar_dir(Path(self.dst)) / "summary.json", self.summary.as_dict())
+
+    def _shutdown(self) -> None:
+        if self.pool is not None:
+            graceful = self.stop.level < 2 and self.fatal is None
+            leftovers = self.pool.in_flight()
+            self.pool.stop(graceful=graceful, timeout=30.0 if graceful else 5.0)
+            for key in leftovers:
+                rel_dir, _, name = key.rpartition("/")
+                _unlink(os.path.join(self.dst, rel_dir, TEMP_PREFIX + name))
+            self.pool = None
+        if self.watcher is not None:
+            self.watcher.close()
+            self.watcher = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _same_link(src: str, dst: str, key: str) -> bool:
+    try:
+        return os.readlink(os.path.join(src, key)) == os.readlink(os.path.join(dst, key))
+    except OSError:
+        return False
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _write_json(path: Path, data: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _syncfs(path: str) -> None:
+    """Flush the destination filesystem before anything says the copy is done."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def copy_target(cfg: TargetConfig, stop: StopSignal | None = None) -> Summary:
+    return Supervisor(cfg, stop).run()
+
+
+__all__ = ["StopSignal", "Summary", "Supervisor", "copy_target", "sidecar_dir", "walk"]

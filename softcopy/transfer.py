@@ -1,0 +1,252 @@
+"""Copy one file: temporary name, kernel copy, byte count and source re-check, rename.
+
+Runs inside copier processes, so it imports nothing heavier than the standard
+library. Never follows a link: sources are opened with O_NOFOLLOW, destination
+directories are walked with O_NOFOLLOW from the destination root, so nothing
+is written through a link planted in the destination tree.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+from .scan import TEMP_PREFIX, Version, version_of
+
+# Results a copier reports for one key.
+COPIED = "copied"  # destination now holds `version`
+SAME = "same"  # destination already held identical bytes; only mode and mtime were set
+DELETED = "deleted"  # source is gone and so is the destination file
+CHANGED = "changed"  # the source changed while we copied; nothing was published
+FAILED = "failed"
+
+_KERNEL_COPY_FALLBACK = {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF}
+_COMPARE_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Outcome:
+    key: str
+    status: str
+    version: Version | None = None
+    nbytes: int = 0
+    error: str = ""
+    errno: int = 0
+
+
+class DirCache:
+    """Open destination directories, walked component by component without following links."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._fds: dict[str, int] = {}
+
+    def open(self, rel_dir: str, create: bool) -> int:
+        fd = self._fds.get(rel_dir)
+        if fd is not None:
+            return fd
+        if not rel_dir:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            parent, _, name = rel_dir.rpartition("/")
+            parent_fd = self.open(parent, create)
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                fd = os.open(name, flags, dir_fd=parent_fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    os.mkdir(name, 0o755, dir_fd=parent_fd)
+                except FileExistsError:
+                    pass
+                fd = os.open(name, flags, dir_fd=parent_fd)
+        self._fds[rel_dir] = fd
+        return fd
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def temp_name(name: str) -> str:
+    # Stable per key: a retry or a resumed run overwrites the same temporary file
+    # instead of leaving one behind per attempt.
+    return TEMP_PREFIX + name
+
+
+def _kernel_copy(fd_in: int, fd_out: int, size: int) -> int:
+    """Copy up to `size` bytes; returns bytes copied (less when the source shrank)."""
+    done = 0
+    use_cfr = True
+    while done < size:
+        want = min(size - done, 1 << 30)
+        if use_cfr:
+            try:
+                n = os.copy_file_range(fd_in, fd_out, want, done, done)
+            except OSError as exc:
+                if exc.errno not in _KERNEL_COPY_FALLBACK:
+                    raise
+                use_cfr = False  # across filesystems: EXDEV; sendfile works there
+                continue
+        else:
+            n = os.sendfile(fd_out, fd_in, done, want)
+        if n == 0:
+            break
+        done += n
+    if not use_cfr:
+        # sendfile writes at the file offset, copy_file_range at explicit offsets;
+        # keep the destination offset honest for anything that follows.
+        os.lseek(fd_out, done, os.SEEK_SET)
+    return done
+
+
+def _same_content(fd_a: int, fd_b: int, size: int) -> bool:
+    offset = 0
+    while offset < size:
+        a = os.pread(fd_a, _COMPARE_BLOCK, offset)
+        b = os.pread(fd_b, _COMPARE_BLOCK, offset)
+        if a != b or not a:
+            return False
+        offset += len(a)
+    return True
+
+
+def copy_one(
+    src_root: str, dst_dirs: DirCache, key: str, compare_first: bool = False, fsync: bool = False
+) -> Outcome:
+    """Bring the destination's `key` up to the source's current version, or report why not."""
+    src_path = os.path.join(src_root, key)
+    rel_dir, _, name = key.rpartition("/")
+    try:
+        st = os.lstat(src_path)
+    except (FileNotFoundError, NotADirectoryError):
+        return _delete(dst_dirs, key, rel_dir, name)
+    try:
+        if stat.S_ISLNK(st.st_mode):
+            return _copy_link(src_path, dst_dirs, key, rel_dir, name, st)
+        if not stat.S_ISREG(st.st_mode):
+            return Outcome(key, FAILED, error="not a regular file", errno=errno.EINVAL)
+        return _copy_file(src_path, dst_dirs, key, rel_dir, name, compare_first, fsync)
+    except OSError as exc:
+        return Outcome(key, FAILED, error=_describe(exc, key), errno=exc.errno or 0)
+
+
+def _describe(exc: OSError, key: str) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{os.strerror(exc.errno) if exc.errno else exc}{where}"
+
+
+def _copy_file(
+    src_path: str,
+    dst_dirs: DirCache,
+    key: str,
+    rel_dir: str,
+    name: str,
+    compare_first: bool,
+    fsync: bool,
+) -> Outcome:
+    try:
+        fd_in = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return Outcome(key, CHANGED)  # replaced or deleted since the lstat: look again
+    try:
+        st = os.fstat(fd_in)
+        version = version_of(st)
+        dfd = dst_dirs.open(rel_dir, create=True)
+        if compare_first and _matches_existing(fd_in, dfd, name, st):
+            return Outcome(key, SAME, version)
+        tmp = temp_name(name)
+        fd_out = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+            dir_fd=dfd,
+        )  # fmt: skip
+        try:
+            copied = _kernel_copy(fd_in, fd_out, st.st_size)
+            os.fchmod(fd_out, stat.S_IMODE(st.st_mode))
+            os.utime(fd_out, ns=(st.st_atime_ns, st.st_mtime_ns))
+            if fsync:
+                os.fsync(fd_out)
+        finally:
+            os.close(fd_out)
+        # The file we read must still be the one under the source name, unchanged:
+        # otherwise a newer version exists (or is being written) and ours is stale.
+        try:
+            now = version_of(os.lstat(src_path))
+        except FileNotFoundError:
+            now = None
+        if copied != st.st_size or version_of(os.fstat(fd_in)) != version or now != version:
+            _unlink_quietly(tmp, dfd)
+            return Outcome(key, CHANGED)
+        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        # What we read is in the page cache; the writer needs that memory more than we do.
+        os.posix_fadvise(fd_in, 0, 0, os.POSIX_FADV_DONTNEED)
+        return Outcome(key, COPIED, version, copied)
+    except OSError:
+        _unlink_quietly(temp_name(name), dst_dirs, rel_dir)
+        raise
+    finally:
+        os.close(fd_in)
+
+
+def _matches_existing(fd_in: int, dfd: int, name: str, st: os.stat_result) -> bool:
+    """A destination file populated by other means counts only if its bytes are the same."""
+    try:
+        fd_old = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError:
+        return False
+    try:
+        old = os.fstat(fd_old)
+        if not stat.S_ISREG(old.st_mode) or old.st_size != st.st_size:
+            return False
+        if not _same_content(fd_in, fd_old, st.st_size):
+            return False
+    finally:
+        os.close(fd_old)
+    os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=dfd, follow_symlinks=False)
+    os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd, follow_symlinks=False)
+    return True
+
+
+def _copy_link(
+    src_path: str, dst_dirs: DirCache, key: str, rel_dir: str, name: str, st: os.stat_result
+) -> Outcome:
+    target = os.readlink(src_path)
+    dfd = dst_dirs.open(rel_dir, create=True)
+    tmp = temp_name(name)
+    _unlink_quietly(tmp, dfd)
+    os.symlink(target, tmp, dir_fd=dfd)
+    try:
+        now = version_of(os.lstat(src_path))
+    except FileNotFoundError:
+        now = None
+    if now != version_of(st):
+        _unlink_quietly(tmp, dfd)
+        return Outcome(key, CHANGED)
+    os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    return Outcome(key, COPIED, version_of(st), 0)
+
+
+def _delete(dst_dirs: DirCache, key: str, rel_dir: str, name: str) -> Outcome:
+    try:
+        dfd = dst_dirs.open(rel_dir, create=False)
+        os.unlink(name, dir_fd=dfd)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as exc:
+        return Outcome(key, FAILED, error=_describe(exc, key), errno=exc.errno or 0)
+    return Outcome(key, DELETED)
+
+
+def _unlink_quietly(name: str, dfd_or_cache: int | DirCache, rel_dir: str = "") -> None:
+    try:
+        if isinstance(dfd_or_cache, DirCache):
+            dfd = dfd_or_cache.open(rel_dir, create=False)
+        else:
+            dfd = dfd_or_cache
+        os.unlink(name, dir_fd=dfd)
+    except OSError:
+        pass

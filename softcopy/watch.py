@@ -1,0 +1,119 @@
+"""inotify over a whole tree: turns kernel events into hints about which keys to look at.
+
+Events say *when* to look, never *what* is true: the supervisor always stats the
+path an event names, rescans a new directory after watching it, and rescans the
+whole tree when the kernel queue overflowed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from dataclasses import dataclass
+
+from inotify_simple import INotify
+from inotify_simple import flags as F
+
+from .errors import SoftcopyError
+from .scan import is_temporary, join_key
+
+log = logging.getLogger(__name__)
+
+# IN_MOVED_TO: tensorstore and zarr-python publish by rename.  IN_CLOSE_WRITE:
+# in-place writers (a `complete` marker, logs).  IN_CREATE: directories, hard
+# links (zarr-python's create-if-absent), symlinks.  IN_DELETE / IN_MOVED_FROM:
+# chunks deleted when overwritten with the fill value, or on shrink.
+WATCH_MASK = (
+    F.CREATE
+    | F.MOVED_TO
+    | F.CLOSE_WRITE
+    | F.DELETE
+    | F.MOVED_FROM
+    | F.DELETE_SELF
+    | F.MOVE_SELF
+    | F.ONLYDIR
+    | F.DONT_FOLLOW
+)
+
+
+@dataclass(frozen=True)
+class Hint:
+    """kind: "file" (look at key), "dir" (new directory: watch and scan it), "rescan" (all)."""
+
+    kind: str
+    key: str = ""
+
+
+class TreeWatcher:
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._inotify = INotify()
+        self._dirs: dict[int, str] = {}
+        self._wds: dict[str, int] = {}
+
+    def fileno(self) -> int:
+        return self._inotify.fileno()
+
+    def close(self) -> None:
+        self._inotify.close()
+
+    def watch(self, rel: str) -> None:
+        """Watch one directory (call before listing it)."""
+        if rel in self._wds:
+            return
+        path = os.path.join(self.root, rel) if rel else self.root
+        try:
+            wd = self._inotify.add_watch(path, WATCH_MASK)
+        except FileNotFoundError:
+            return  # deleted before we got to it
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                # The per-user watch limit: events for this directory would be lost,
+                # and periodic scans still find its files, only later.
+                raise SoftcopyError(
+                    path,
+                    "watch directory",
+                    "the inotify watch limit is reached (fs.inotify.max_user_watches); "
+                    "raise it with sysctl, or use a longer scan interval",
+                ) from exc
+            if exc.errno == errno.ENOTDIR:
+                return
+            raise
+        self._dirs[wd] = rel
+        self._wds[rel] = wd
+
+    def read(self, timeout_ms: int = 0) -> list[Hint]:
+        hints: list[Hint] = []
+        for event in self._inotify.read(timeout=timeout_ms):
+            if event.mask & F.Q_OVERFLOW:
+                log.warning(
+                    "inotify queue overflowed under %s; rescanning the whole tree", self.root
+                )
+                hints.append(Hint("rescan"))
+                continue
+            parent = self._dirs.get(event.wd)
+            if event.mask & F.IGNORED:
+                if parent is not None:
+                    self._dirs.pop(event.wd, None)
+                    if self._wds.get(parent) == event.wd:
+                        del self._wds[parent]
+                continue
+            if parent is None:
+                continue
+            if event.mask & (F.DELETE_SELF | F.MOVE_SELF):
+                if event.mask & F.MOVE_SELF:
+                    # A watched directory moved: every key below it changed name.
+                    hints.append(Hint("rescan"))
+                continue
+            if not event.name or is_temporary(event.name):
+                continue
+            key = join_key(parent, event.name)
+            if event.mask & F.ISDIR:
+                if event.mask & (F.CREATE | F.MOVED_TO):
+                    hints.append(Hint("dir", key))
+                elif event.mask & F.MOVED_FROM:
+                    hints.append(Hint("rescan"))
+                continue
+            hints.append(Hint("file", key))
+        return hints

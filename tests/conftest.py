@@ -1,0 +1,93 @@
+"""Shared helpers: run softcopy and the simulator as real processes, wait on conditions."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+# Slow CI machines share two cores; a deadline is a bound on a hang, never a wait.
+DEADLINE = 90.0
+
+
+def softcopy_cmd(*args: object) -> list[str]:
+    return [sys.executable, "-m", "softcopy", *map(str, args)]
+
+
+def run_softcopy(*args: object, timeout: float = DEADLINE, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        softcopy_cmd(*args), capture_output=True, text=True, timeout=timeout, **kw
+    )
+
+
+def start_softcopy(*args: object, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        softcopy_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+    )
+
+
+def start_simulator(destination: Path, *args: object) -> subprocess.Popen:
+    return subprocess.Popen(
+        softcopy_cmd("simulate", destination, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = DEADLINE) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"process did not finish within {timeout} s:\n{out}\n{err}")
+    return proc.returncode, out, err
+
+
+def wait_for(condition: Callable[[], object], timeout: float = DEADLINE, what: str = "") -> object:
+    """Poll a condition until it holds; fail (never pass) when the deadline passes."""
+    end = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
+        time.sleep(0.02)
+
+
+def tree_files(root: Path) -> dict[str, int]:
+    """Every file and link below root (key -> size), links not followed."""
+    found: dict[str, int] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            path = os.path.join(dirpath, name)
+            found[os.path.relpath(path, root)] = os.lstat(path).st_size
+    return found
+
+
+def assert_same_tree(src: Path, dst: Path, ignore: tuple[str, ...] = ()) -> None:
+    """Byte-for-byte equality of every file; no extra or missing file on either side."""
+    a = {k: v for k, v in tree_files(src).items() if k not in ignore}
+    b = {k: v for k, v in tree_files(dst).items() if k not in ignore}
+    assert sorted(a) == sorted(b), (
+        f"missing at destination: {sorted(set(a) - set(b))}; extra: {sorted(set(b) - set(a))}"
+    )
+    for key in a:
+        p, q = src / key, dst / key
+        if p.is_symlink():
+            assert q.is_symlink() and os.readlink(p) == os.readlink(q), key
+        else:
+            assert filecmp.cmp(p, q, shallow=False), f"content differs: {key}"
+
+
+@pytest.fixture
+def softcopy_bin() -> Callable[..., subprocess.CompletedProcess]:
+    return run_softcopy
