@@ -234,7 +234,7 @@ def _dtype_text(value: object, name: str, file: str) -> str:
 def _separator(value: object, name: str, file: str) -> str:
     if value not in _SEPARATORS:
         raise _fail(file, f"{name!r} must be '.' or '/', got {_show(value)}")
-    return value  # type: ignore[return-value]
+    return str(value)
 
 
 def parse_array_metadata(meta: dict, array_path: str, metadata_file: str) -> ArrayLayout:

@@ -71,11 +71,19 @@ def assert_matches_disk(lay: ArrayLayout, array_dir: Path, indices: list[int]) -
     assert (array_dir / lay.metadata_name()).is_file()
 
 
+def enc(name: str, separator: str) -> dict:
+    return {"name": name, "configuration": {"separator": separator}}
+
+
+def regular(chunk_shape: list) -> dict:
+    return {"name": "regular", "configuration": {"chunk_shape": chunk_shape}}
+
+
 V2_META = {"dtype": "<u2", "shape": list(SHAPE), "chunks": list(CHUNKS)}
 V3_META = {
     "data_type": "uint16",
     "shape": list(SHAPE),
-    "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(CHUNKS)}},
+    "chunk_grid": regular(list(CHUNKS)),
 }
 
 
@@ -85,11 +93,9 @@ V3_META = {
         ("zarr", {"dimension_separator": "."}, 2, "", ".", "2.1.0"),
         ("zarr", {"dimension_separator": "/"}, 2, "", "/", "2/1/0"),
         ("zarr3", {}, 3, "c", "/", "c/2/1/0"),
-        ("zarr3", {"chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}}},
-         3, "c", ".", "c.2.1.0"),
+        ("zarr3", {"chunk_key_encoding": enc("default", ".")}, 3, "c", ".", "c.2.1.0"),
         ("zarr3", {"chunk_key_encoding": {"name": "v2"}}, 3, "", ".", "2.1.0"),
-        ("zarr3", {"chunk_key_encoding": {"name": "v2", "configuration": {"separator": "/"}}},
-         3, "", "/", "2/1/0"),
+        ("zarr3", {"chunk_key_encoding": enc("v2", "/")}, 3, "", "/", "2/1/0"),
     ],
     ids=["v2-dot", "v2-slash", "v3-default", "v3-default-dot", "v3-v2keys", "v3-v2keys-slash"],
 )  # fmt: skip
@@ -155,7 +161,7 @@ def test_tensorstore_sharded(tmp_path):
     [
         ("zarr", {}, "0"),
         ("zarr3", {}, "c"),
-        ("zarr3", {"chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}}}, "c"),
+        ("zarr3", {"chunk_key_encoding": enc("default", ".")}, "c"),
         ("zarr3", {"chunk_key_encoding": {"name": "v2"}}, "0"),
     ],
 )  # fmt: skip
@@ -173,6 +179,7 @@ def test_tensorstore_zero_d(tmp_path, driver, extra, key):
     assert lay.index("0.0") is None
 
 
+@pytest.mark.filterwarnings("ignore:Consolidated metadata:UserWarning")
 @pytest.mark.parametrize(
     ("fmt", "shards", "prefix", "sep"),
     [(2, None, "", "."), (3, None, "c", "/"), (3, (4, 6, 8), "c", "/")],
@@ -379,7 +386,8 @@ def without(meta: dict, key: str) -> dict:
     ("name", "meta", "problem"),
     [
         (".zarray", without(GOOD_V2, "shape"), "'shape' is missing"),
-        (".zarray", {**GOOD_V2, "shape": "abc"}, "'shape' must be a list of non-negative integers, got 'abc'"),
+        (".zarray", {**GOOD_V2, "shape": "abc"},
+         "'shape' must be a list of non-negative integers, got 'abc'"),
         (".zarray", {**GOOD_V2, "shape": [4, -1]}, "'shape' must be a list"),
         (".zarray", {**GOOD_V2, "shape": [4, 4.0]}, "'shape' must be a list"),
         (".zarray", {**GOOD_V2, "shape": [True, 4]}, "'shape' must be a list"),
@@ -395,18 +403,19 @@ def without(meta: dict, key: str) -> dict:
          "'chunk_grid' 'rectilinear' is not supported"),
         ("zarr.json", {**GOOD_V3, "chunk_grid": {"name": "regular", "configuration": {}}},
          "'chunk_grid.configuration.chunk_shape' is missing"),
-        ("zarr.json", {**GOOD_V3, "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [2, "2"]}}},
+        ("zarr.json", {**GOOD_V3, "chunk_grid": regular([2, "2"])},
          "'chunk_grid.configuration.chunk_shape' must be a list of integers >= 1"),
         ("zarr.json", {**GOOD_V3, "chunk_grid": 7}, "'chunk_grid' must be a name or an object"),
         ("zarr.json", {**GOOD_V3, "chunk_key_encoding": {"name": "fancy"}},
          "'chunk_key_encoding' 'fancy' is not supported"),
-        ("zarr.json", {**GOOD_V3, "chunk_key_encoding": {"name": "default", "configuration": {"separator": "-"}}},
+        ("zarr.json", {**GOOD_V3, "chunk_key_encoding": enc("default", "-")},
          "'chunk_key_encoding.configuration.separator' must be '.' or '/', got '-'"),
         ("zarr.json", {**GOOD_V3, "codecs": {"name": "bytes"}}, "'codecs' must be a list"),
         ("zarr.json", without(GOOD_V3, "codecs"), "'codecs' is missing"),
         ("zarr.json", {**GOOD_V3, "codecs": [{"configuration": {}}]}, "'codecs[]' must be a name"),
         ("zarr.json", without(GOOD_V3, "data_type"), "'data_type' is missing"),
-        ("zarr.json", {**GOOD_V3, "node_type": "group"}, "'node_type' must be 'array', got 'group'"),
+        ("zarr.json", {**GOOD_V3, "node_type": "group"},
+         "'node_type' must be 'array', got 'group'"),
         ("zarr.json", {**GOOD_V3, "storage_transformers": [{"name": "x"}]},
          "'storage_transformers' are not supported"),
     ],
@@ -432,7 +441,8 @@ def write(path: Path, content: object) -> Path:
         (".zarray", "", "not valid JSON"),
         ("zarr.json", "[1, 2]", "must hold a JSON object, got list"),
         (".zarray", {"zarr_format": 2, "chunks": [1], "dtype": "<u2"}, "'shape' is missing"),
-        ("zarr.json", {"zarr_format": 3, "node_type": "thing"}, "'node_type' must be 'array' or 'group'"),
+        ("zarr.json", {"zarr_format": 3, "node_type": "thing"},
+         "'node_type' must be 'array' or 'group'"),
         ("zarr.json", {"zarr_format": 3}, "'node_type' is missing"),
         ("zarr.json", {"zarr_format": 2, "node_type": "group"}, "'zarr_format' must be 3"),
         (".zgroup", {"zarr_format": 3}, "'zarr_format' must be 2"),
