@@ -68,6 +68,8 @@ class Ledger:
     _dir_cache: dict[str, tuple[_ArrayState, str] | None] = field(default_factory=dict)
     # keys waiting for a copier; filled lazily from the arrays when it runs dry
     _queue: list[str] = field(default_factory=list)
+    # True when array rows may need work that the queue does not hold yet
+    _stale: bool = False
     _seen_other: set[str] | None = None
 
     # ---- arrays -------------------------------------------------------------
@@ -81,6 +83,7 @@ class Ledger:
         if old is not None:
             self._carry_over(old, new)
         self.arrays[layout.path] = new
+        self._stale = True
         self._dir_cache.clear()
         self._adopt_others(new)
         return True
@@ -176,6 +179,7 @@ class Ledger:
             if tuple(state.src[i]) == row:
                 return False
             state.src[i] = row
+            self._stale = True
             return True
         if self._seen_other is not None:
             self._seen_other.add(key)
@@ -199,6 +203,7 @@ class Ledger:
             state, i = hit
             state.dst[i] = row
             state.inflight[i] = False
+            self._stale = True
             return
         entry = self.other.get(key)
         if entry is None:
@@ -233,6 +238,7 @@ class Ledger:
     def requeue(self, key: str) -> None:
         """Offer a key again (after a retry delay, a lost batch or a changed source)."""
         self._queue.append(key)
+        self._stale = True
 
     def set_inflight(self, key: str, inflight: bool) -> None:
         hit = self.locate(key)
@@ -281,18 +287,18 @@ class Ledger:
         destination is readable while chunks follow.
         """
         taken: list[str] = []
-        for refill in (False, True):
-            if refill:
-                if taken:
+        refilled = False
+        while len(taken) < limit:
+            if not self._queue:
+                if refilled or not self._stale:
                     break
                 self._refill()
-            while self._queue and len(taken) < limit:
-                key = self._queue.pop()
-                if (skip is None or key not in skip) and self.needs_work(key):
-                    self.set_inflight(key, True)
-                    taken.append(key)
-            if len(taken) >= limit:
-                break
+                refilled = True
+                continue
+            key = self._queue.pop()
+            if (skip is None or key not in skip) and self.needs_work(key):
+                self.set_inflight(key, True)
+                taken.append(key)
         return taken
 
     def _refill(self, most: int = 20_000) -> None:
@@ -305,6 +311,8 @@ class Ledger:
             chunks.extend(state.prefix + k for k in state.layout.keys(indices))
             if len(chunks) >= most:
                 break
+        # A full refill may have left rows behind; an empty queue must look again.
+        self._stale = len(chunks) >= most
         # list.pop() takes from the end: put chunks first so the dict's files go out first,
         # and chunks in ascending order of index (the order writers fill the grid).
         chunks.reverse()
