@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
-from .errors import SoftcopyError
 from .scan import is_temporary, join_key
 
 log = logging.getLogger(__name__)
@@ -51,6 +50,7 @@ class TreeWatcher:
         self._inotify = INotify()
         self._dirs: dict[int, str] = {}
         self._wds: dict[str, int] = {}
+        self.unwatched = 0  # directories beyond the watch limit: only scans see them
 
     def fileno(self) -> int:
         return self._inotify.fileno()
@@ -69,14 +69,17 @@ class TreeWatcher:
             return  # deleted before we got to it
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                # The per-user watch limit: events for this directory would be lost,
-                # and periodic scans still find its files, only later.
-                raise SoftcopyError(
-                    path,
-                    "watch directory",
-                    "the inotify watch limit is reached (fs.inotify.max_user_watches); "
-                    "raise it with sysctl, or use a longer scan interval",
-                ) from exc
+                # The per-user watch limit. Scans still find every file below this
+                # directory, only later: slower, never wrong. Say so once.
+                if not self.unwatched:
+                    log.warning(
+                        "%s: inotify watch limit reached (fs.inotify.max_user_watches); "
+                        "new files in unwatched directories are found by the periodic "
+                        "scan only; raise the limit with sysctl for lower lag",
+                        path,
+                    )
+                self.unwatched += 1
+                return
             if exc.errno == errno.ENOTDIR:
                 return
             raise

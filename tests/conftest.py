@@ -51,13 +51,24 @@ def finish(proc: subprocess.Popen, timeout: float = DEADLINE) -> tuple[int, str,
     return proc.returncode, out, err
 
 
-def wait_for(condition: Callable[[], object], timeout: float = DEADLINE, what: str = "") -> object:
-    """Poll a condition until it holds; fail (never pass) when the deadline passes."""
+def wait_for(
+    condition: Callable[[], object],
+    timeout: float = DEADLINE,
+    what: str = "",
+    proc: subprocess.Popen | None = None,
+) -> object:
+    """Poll a condition until it holds; fail (never pass) when the deadline passes,
+    or at once when `proc`, which the condition depends on, has exited."""
     end = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(
+                f"process exited ({proc.returncode}) while waiting for {what}:\n{out}\n{err}"
+            )
         if time.monotonic() > end:
             pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
         time.sleep(0.02)

@@ -103,7 +103,7 @@ def test_copy_is_live_and_follows_rewrites_and_deletes(tmp_path: Path) -> None:
     simulate(src, spec)
     copier = start_softcopy("copy", src, dst, "--settle", "600", "--scan-interval", "600")
     try:
-        wait_for(lambda: tree_files(dst) == tree_files(src), what="the initial copy")
+        wait_for(lambda: tree_files(dst) == tree_files(src), what="the initial copy", proc=copier)
         assert copier.poll() is None, "finished without a marker or settle"
         store = ts.open(
             {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(src)}}, open=True
@@ -114,7 +114,9 @@ def test_copy_is_live_and_follows_rewrites_and_deletes(tmp_path: Path) -> None:
         store = store.resize(exclusive_max=[spec.timepoints + 1, *spec.shape]).result()
         store[spec.timepoints] = np.ones(spec.shape, dtype=store.dtype.numpy_dtype)
         assert not (src / "c/2/0/0/0").exists()
-        wait_for(lambda: tree_files(dst) == tree_files(src), what="the rewrite and delete")
+        wait_for(
+            lambda: tree_files(dst) == tree_files(src), what="the rewrite and delete", proc=copier
+        )
         assert (dst / "c/1/0/0/0").read_bytes() == (src / "c/1/0/0/0").read_bytes()
         assert json.loads((dst / "zarr.json").read_text())["shape"][0] == spec.timepoints + 1
         assert copier.poll() is None
@@ -198,7 +200,7 @@ def test_plate_well_appearing_mid_acquisition_joins_the_target(tmp_path: Path) -
     simulate(src, replace(spec, wells=1, complete=False))
     copier = start_softcopy("copy", src, dst, "--settle", "600", "--scan-interval", "600")
     try:
-        wait_for(lambda: tree_files(dst) == tree_files(src), what="the first well")
+        wait_for(lambda: tree_files(dst) == tree_files(src), what="the first well", proc=copier)
         well_b = tmp_path / "wellB.zarr"
         simulate(well_b, replace(spec, wells=2, complete=False))
         # Move the second well in as a whole new sub-tree, then its plate metadata:
@@ -207,7 +209,7 @@ def test_plate_well_appearing_mid_acquisition_joins_the_target(tmp_path: Path) -
         for name in (".zattrs", "zarr.json"):
             if (well_b / name).exists():
                 os.replace(well_b / name, src / name)
-        wait_for(lambda: tree_files(dst) == tree_files(src), what="the second well")
+        wait_for(lambda: tree_files(dst) == tree_files(src), what="the second well", proc=copier)
         (src / "complete").touch()
         rc, _, err = finish(copier)
     finally:

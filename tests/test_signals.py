@@ -41,7 +41,7 @@ def gone(proc: psutil.Process) -> bool:
 def test_ctrl_c_once_stops_cleanly_and_a_rerun_resumes(unfinished: tuple[Path, Path]) -> None:
     src, dst = unfinished
     proc = start_softcopy("copy", src, dst, "--sleep-time", "0.05", "--nprocs", "1", *ENDLESS)
-    wait_for(lambda: copied_chunks(dst), what="a first chunk at the destination")
+    wait_for(lambda: copied_chunks(dst), what="a first chunk at the destination", proc=proc)
     proc.send_signal(signal.SIGINT)
     rc, _, err = finish(proc)
     assert rc == 1
@@ -58,12 +58,14 @@ def test_a_killed_copier_is_replaced_and_its_work_redone(unfinished: tuple[Path,
     src, dst = unfinished
     proc = start_softcopy("copy", src, dst, "--sleep-time", "0.05", *ENDLESS)
     try:
-        wait_for(lambda: copied_chunks(dst), what="a first chunk at the destination")
+        wait_for(lambda: copied_chunks(dst), what="a first chunk at the destination", proc=proc)
         victim = copiers_of(proc.pid)[0]
         victim.send_signal(signal.SIGKILL)
         wait_for(lambda: gone(victim), what="the copier to die")
         wait_for(
-            lambda: tree_files(dst) == tree_files(src), what="the copy to complete after the kill"
+            lambda: tree_files(dst) == tree_files(src),
+            what="the copy to complete after the kill",
+            proc=proc,
         )
         assert len(copiers_of(proc.pid)) == 2, "the dead copier was not replaced"
         (src / "complete").touch()
@@ -81,7 +83,7 @@ def test_killing_the_supervisor_kills_its_copiers_and_a_rerun_resumes(
 ) -> None:
     src, dst = unfinished
     proc = start_softcopy("copy", src, dst, "--sleep-time", "0.05", *ENDLESS)
-    wait_for(lambda: copied_chunks(dst), what="a first chunk at the destination")
+    wait_for(lambda: copied_chunks(dst), what="a first chunk at the destination", proc=proc)
     copiers = copiers_of(proc.pid)
     assert copiers
     os.kill(proc.pid, signal.SIGKILL)
