@@ -54,13 +54,15 @@ def walk(
     root: str,
     rel: str = "",
     on_dir: Callable[[str], None] | None = None,
+    on_error: Callable[[str, OSError], None] | None = None,
 ) -> Iterator[tuple[str, os.stat_result | None, bool]]:
     """Yield (key, lstat, is_temporary) for every non-directory below root/rel.
 
     Directories are reported to `on_dir` before their entries are listed, so a
     caller that adds an inotify watch there sees every later change: watch first,
     then list, and nothing falls between the two. Links are never followed. A
-    directory that vanishes while we walk is skipped: the writer deleted it.
+    directory that vanishes while we walk is skipped: the writer deleted it. One
+    that cannot be listed (permissions) goes to `on_error`, or raises without it.
     """
     stack = [rel]
     while stack:
@@ -72,6 +74,11 @@ def walk(
             with os.scandir(path) as it:
                 entries = list(it)
         except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            if on_error is None or not current:
+                raise
+            on_error(current, exc)
             continue
         for entry in entries:
             key = join_key(current, entry.name)
@@ -96,7 +103,10 @@ def scan_tree(root: str, rel: str = "", on_dir: Callable[[str], None] | None = N
         if on_dir is not None:
             on_dir(key)
 
-    for key, st, temporary in walk(root, rel, note_dir):
+    def note_error(key: str, exc: OSError) -> None:
+        result.errors.append((key, exc))
+
+    for key, st, temporary in walk(root, rel, note_dir, note_error):
         if temporary:
             result.temporary.append(key)
             continue

@@ -23,7 +23,7 @@ from .copier import CopierOptions, CopierPool
 from .errors import ConfigError, MetadataError, SoftcopyError, from_os_error
 from .layout import ArrayLayout, metadata_kind, read_node
 from .ledger import Ledger
-from .scan import TEMP_PREFIX, ScanResult, Version, scan_tree, stat_key, walk
+from .scan import TEMP_PREFIX, ScanResult, Version, scan_tree, stat_key
 from .transfer import CHANGED, COPIED, DELETED, FAILED, SAME, DirCache, copy_one
 from .verify import Finding, compare_trees
 from .watch import TreeWatcher
@@ -122,6 +122,8 @@ class Supervisor:
         self.attempts: dict[str, int] = {}
         self.deferred: dict[str, float] = {}  # key -> monotonic time it may be tried again
         self.failed: dict[str, str] = {}
+        self.unreadable: dict[str, str] = {}  # directories the last scans could not list
+        self._said_unreadable: set[str] = set()
         self.fatal: SoftcopyError | None = None
         self.queue_empty = False
         self.bad_metadata: dict[str, Version | None] = {}
@@ -200,14 +202,13 @@ class Supervisor:
 
     def _source_problem(self) -> SoftcopyError | None:
         try:
-            st = os.stat(self.src)
+            os.stat(self.src)
         except FileNotFoundError:
             return SoftcopyError(self.src, "copy source", "it does not exist")
         except OSError as exc:
             return from_os_error(exc, "read source", self.src)
         if not os.path.isdir(self.src):
             return ConfigError(self.src, "copy source", "it is not a directory")
-        del st
         try:
             node = read_node(Path(self.src), "")
         except PermissionError as exc:
@@ -249,6 +250,17 @@ class Supervisor:
         # destination is ours: new, or made by softcopy from this same source.
         self.owned = not existed or previous == self.src
         _write_json(record, {"source": self.src, "destination": self.dst, "version": __version__})
+        self._probe_destination()
+
+    def _probe_destination(self) -> None:
+        """Fail once, up front, when the destination cannot take files (read-only, permissions)."""
+        probe = os.path.join(self.dst, f"{TEMP_PREFIX}probe-{os.getpid()}")
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise from_os_error(exc, "write to destination", self.dst) from exc
 
     def _match_destination(self) -> None:
         """Take stock of what a previous run (or someone else) already put in the destination."""
@@ -281,11 +293,13 @@ class Supervisor:
         """List the whole source; returns how many keys changed. The source of truth."""
         assert self.watcher is not None
         self.ledger.begin_sweep()
+        self.unreadable.clear()
         try:
             result = scan_tree(self.src, "", on_dir=self.watcher.watch)
         except OSError as exc:
             raise from_os_error(exc, "scan source", self.src) from exc
         changed = self._absorb(result, initial)
+        self._note_unreadable(result)
         for key in self.ledger.end_sweep():
             changed += self._look(key)  # re-stat: it may have appeared after we listed it
         self.temp_count = len(result.temporary)
@@ -297,6 +311,16 @@ class Supervisor:
         assert self.watcher is not None
         result = scan_tree(self.src, rel, on_dir=self.watcher.watch)
         self._absorb(result, initial=False)
+        self._note_unreadable(result)
+
+    def _note_unreadable(self, result: ScanResult) -> None:
+        """A directory we cannot list is a failure of this target, named, not a crash."""
+        for key, exc in result.errors:
+            error = f"cannot list directory: {os.strerror(exc.errno or 0)}"
+            if key not in self._said_unreadable:  # once per run, not once per scan
+                log.error("%s: %s/: %s", self.src, key, error)
+                self._said_unreadable.add(key)
+            self.unreadable[key + "/"] = error
 
     def _absorb(self, result: ScanResult, initial: bool) -> int:
         # Metadata first, so chunk files land in their array's rows.
@@ -519,19 +543,25 @@ class Supervisor:
         source_scan = scan_tree(self.src)
         findings = compare_trees(self.src, self.dst, frozenset({marker}), source_scan)
         self.summary.findings = findings
-        self.summary.failures = dict(self.failed)
+        self.summary.failures = {**self.failed, **self.unreadable}
         self.summary.files_at_source = len(
             (source_scan.files.keys() | source_scan.links) - {marker}
         )
         self.summary.bytes_at_source = sum(
             v.size for k, v in source_scan.files.items() if k != marker
         )
-        if findings or self.failed:
+        if findings or self.summary.failures:
             self.summary.state = "failed"
             self.summary.error = (
                 f"verification found {len(findings)} difference(s) and "
-                f"{len(self.failed)} file(s) failed to copy"
+                f"{len(self.summary.failures)} file(s) or directories failed to copy"
             )
+            if not self.owned and any(f.kind == "extra" for f in findings):
+                self.summary.error += (
+                    "; the destination already held files the source does not have, and "
+                    "softcopy deletes those only in a destination it created: remove them "
+                    "or choose an empty destination"
+                )
             return
         _syncfs(self.dst)
         if marker in source_scan.files:
@@ -600,6 +630,3 @@ def _syncfs(path: str) -> None:
 
 def copy_target(cfg: TargetConfig, stop: StopSignal | None = None) -> Summary:
     return Supervisor(cfg, stop).run()
-
-
-__all__ = ["StopSignal", "Summary", "Supervisor", "copy_target", "sidecar_dir", "walk"]
