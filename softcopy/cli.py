@@ -18,7 +18,8 @@ import click
 
 from . import __version__
 from .config import TargetConfig, load_targets, make_target
-from .errors import EXIT_FAILED, EXIT_OK, SoftcopyError
+from .errors import EXIT_FAILED, EXIT_OK, ConfigError, SoftcopyError
+from .simulate import FORMATS, LAYOUTS
 from .supervisor import StopSignal, Summary, copy_target
 
 log = logging.getLogger("softcopy")
@@ -126,8 +127,8 @@ def _guarded(ctx: click.Context, body: Callable[[], int]) -> int:
         return exc.exit_code
 
 
-def _copy_all(targets: list[TargetConfig]) -> int:
-    stop = StopSignal()
+def _copy_all(targets: list[TargetConfig], stop: StopSignal | None = None) -> int:
+    stop = stop or StopSignal()
     results: dict[int, Summary | SoftcopyError | BaseException] = {}
 
     def work(i: int, cfg: TargetConfig) -> None:
@@ -206,7 +207,7 @@ def verify(ctx: click.Context, source: Path, destination: Path, as_json: bool) -
     def body() -> int:
         for path in (source, destination):
             if not path.is_dir():
-                raise SoftcopyError(path, "verify", "it is not a directory")
+                raise ConfigError(path, "verify", "it is not a directory")
         findings = compare_trees(str(source), str(destination))
         for f in findings:
             click.echo(json.dumps(f.as_dict()) if as_json else str(f))
@@ -221,8 +222,6 @@ def verify(ctx: click.Context, source: Path, destination: Path, as_json: bool) -
 
 
 def _simulation_options(func: Callable) -> Callable:
-    from .simulate import FORMATS, LAYOUTS
-
     options = [
         click.option(
             "--format", "fmt", type=click.Choice(FORMATS), default="v3", show_default=True
@@ -299,10 +298,8 @@ def simulate(ctx: click.Context, destination: Path, **options: Any) -> None:
 
 @main.command()
 @click.option("--keep", is_flag=True, help="Keep the demo directory instead of deleting it.")
-@click.option(
-    "--format", "fmt", default="v3", show_default=True, help="Archive format to simulate."
-)
-@click.option("--layout", default="ome", show_default=True, help="array, ome or plate.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="v3", show_default=True)
+@click.option("--layout", type=click.Choice(LAYOUTS), default="ome", show_default=True)
 @click.option("--nprocs", type=click.IntRange(min=1), default=2, show_default=True)
 @click.pass_context
 def demo(ctx: click.Context, keep: bool, fmt: str, layout: str, nprocs: int) -> None:
@@ -316,9 +313,16 @@ def demo(ctx: click.Context, keep: bool, fmt: str, layout: str, nprocs: int) -> 
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     code = EXIT_FAILED
+    stop = StopSignal()
+
+    def watch_writer() -> None:
+        if writer.wait() != 0:
+            stop.request()  # nothing more will come: stop waiting for it
+
+    threading.Thread(target=watch_writer, daemon=True).start()
     try:
         cfg = make_target(source, destination, {"nprocs": nprocs, "wait_for_source": True}, "demo")
-        code = _guarded(ctx, lambda: _copy_all([cfg]))
+        code = _guarded(ctx, lambda: _copy_all([cfg], stop))
         if writer.wait(60) != 0:
             click.echo("softcopy: the simulated writer failed", err=True)
             code = EXIT_FAILED

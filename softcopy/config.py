@@ -56,8 +56,10 @@ def parse_options(options: dict[str, Any], where: str) -> dict[str, Any]:
         if name in ("nprocs", "max_attempts", "batch_size"):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(here, "read option", f"{value!r} is not a whole number >= 1")
-        elif name in ("sleep_time", "settle", "scan_interval"):
+        elif name in ("sleep_time", "settle"):
             _check_number(here, value, 0)
+        elif name == "scan_interval":
+            _check_number(here, value, 0.1)
         elif name == "idle_timeout":
             _check_number(here, value, 0, allow_none=True)
         elif name in ("wait_for_source", "fsync"):

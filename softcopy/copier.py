@@ -12,11 +12,13 @@ import ctypes
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
@@ -66,10 +68,12 @@ def child_main(fd: int, parent_pid: int, options: CopierOptions) -> None:
     # Ctrl-C reaches the whole process group; the supervisor decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stopping = False
+    wake_r, wake_w = os.pipe()
 
     def on_term(signum: int, frame: object) -> None:
         nonlocal stopping
         stopping = True  # finish the file in hand, report, exit
+        os.write(wake_w, b"x")  # and cut short any --sleep-time pause
 
     signal.signal(signal.SIGTERM, on_term)
     _lower_priority(options)
@@ -89,8 +93,8 @@ def child_main(fd: int, parent_pid: int, options: CopierOptions) -> None:
                 if stopping:
                     break
                 outcomes.append(copy_one(options.source, dirs, key, compare_first, options.fsync))
-                if options.sleep_time > 0:
-                    time.sleep(options.sleep_time)
+                if options.sleep_time > 0 and not stopping:
+                    select.select([wake_r], [], [], options.sleep_time)
         finally:
             dirs.close()
         try:
@@ -181,8 +185,13 @@ class CopierPool:
     def in_flight(self) -> list[str]:
         return [k for c in self.copiers for k in c.keys]
 
-    def stop(self, graceful: bool, timeout: float = 30.0) -> list[Outcome]:
-        """Graceful: copiers finish the file in hand and report. Otherwise: kill at once."""
+    def stop(
+        self, graceful: bool, timeout: float = 30.0, abort: Callable[[], bool] | None = None
+    ) -> list[Outcome]:
+        """Graceful: copiers finish the file in hand and report. Otherwise: kill at once.
+
+        `abort` is polled while waiting: a second Ctrl-C turns a graceful stop into a kill.
+        """
         outcomes: list[Outcome] = []
         for c in self.copiers:
             if c.process.poll() is None:
@@ -196,8 +205,15 @@ class CopierPool:
         deadline = time.monotonic() + timeout
         for c in self.copiers:
             if graceful and c.busy:
-                remaining = max(0.0, deadline - time.monotonic())
-                if c.conn.poll(remaining):
+                while not c.conn.poll(0.1) and time.monotonic() < deadline:
+                    if abort is not None and abort():
+                        graceful = False
+                        break
+                if not graceful:
+                    for other in self.copiers:
+                        if other.process.poll() is None:
+                            other.process.kill()
+                elif c.conn.poll(0):
                     try:
                         outcomes.extend(c.conn.recv()[2])
                     except (EOFError, OSError):

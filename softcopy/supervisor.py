@@ -77,9 +77,10 @@ class Summary:
 
     def line(self) -> str:
         rate = self.bytes_copied / self.seconds / 1e6 if self.seconds > 0 else 0.0
+        checked = "verified" if self.ok else "at the source"
         return (
             f"{self.state}: {self.source} -> {self.destination}: "
-            f"{self.files_at_source} files ({_size(self.bytes_at_source)}) verified; "
+            f"{self.files_at_source} files ({_size(self.bytes_at_source)}) {checked}; "
             f"{self.files_copied} copied ({_size(self.bytes_copied)}), "
             f"{self.files_deleted} deleted, {self.files_already_there} already there; "
             f"{self.seconds:.1f} s, {rate:.1f} MB/s"
@@ -126,15 +127,17 @@ class Supervisor:
         self._said_unreadable: set[str] = set()
         self.fatal: SoftcopyError | None = None
         self.queue_empty = False
-        self.bad_metadata: dict[str, Version | None] = {}
+        self.bad_metadata: dict[str, tuple[Version | None, ...]] = {}
         self._lock_fd: int | None = None
         self._last_progress = time.monotonic()
         self._settle_checked = 0.0
+        self._changes_seen = False
+        self.longest_pause = 0.0  # between two changes at the source
 
     # ---- the whole run --------------------------------------------------------------
 
     def run(self) -> Summary:
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         try:
             self._run()
         except SoftcopyError as exc:
@@ -204,7 +207,7 @@ class Supervisor:
         try:
             os.stat(self.src)
         except FileNotFoundError:
-            return SoftcopyError(self.src, "copy source", "it does not exist")
+            return ConfigError(self.src, "copy source", "it does not exist")
         except OSError as exc:
             return from_os_error(exc, "read source", self.src)
         if not os.path.isdir(self.src):
@@ -249,7 +252,12 @@ class Supervisor:
         # Files in the destination that the source lacks are deleted only when the
         # destination is ours: new, or made by softcopy from this same source.
         self.owned = not existed or previous == self.src
-        _write_json(record, {"source": self.src, "destination": self.dst, "version": __version__})
+        if self.owned:
+            # Recorded only for a destination softcopy made: a foreign one stays foreign
+            # on every later run, so its files are never deleted.
+            _write_json(
+                record, {"source": self.src, "destination": self.dst, "version": __version__}
+            )
         self._probe_destination()
 
     def _probe_destination(self) -> None:
@@ -354,7 +362,11 @@ class Supervisor:
     def _observe(self, key: str, version: Version | None) -> int:
         if not self.ledger.observe(key, version):
             return 0
-        self.last_change = time.monotonic()
+        now = time.monotonic()
+        if self._changes_seen:
+            self.longest_pause = max(self.longest_pause, now - self.last_change)
+        self._changes_seen = True
+        self.last_change = now
         if key in self.failed:  # a new version deserves a new chance
             del self.failed[key]
             self.attempts.pop(key, None)
@@ -368,10 +380,10 @@ class Supervisor:
                 raise
             # Mid-acquisition a hand-written metadata file may be caught half-written;
             # keep the last good layout and say so once per version.
-            meta = os.path.join(rel, ".zarray")
-            if self.bad_metadata.get(rel) != stat_key(self.src, meta):
+            seen = tuple(stat_key(self.src, os.path.join(rel, n)) for n in ("zarr.json", ".zarray"))
+            if self.bad_metadata.get(rel) != seen:
                 log.warning("%s: %s; keeping the previous layout", self.src, exc)
-                self.bad_metadata[rel] = stat_key(self.src, meta)
+                self.bad_metadata[rel] = seen
             return
         except OSError as exc:
             if strict:
@@ -503,14 +515,17 @@ class Supervisor:
             if self.full_scan() == 0:
                 return f"nothing changed for {idle:g} s (idle timeout)"
             return ""
-        if quiet < self.cfg.settle or now - self._settle_checked < 1.0:
+        # A writer that paused for 3 s between timepoints may pause as long again:
+        # settling must outlast the longest pause seen, not only --settle.
+        settle = max(self.cfg.settle, 2 * self.longest_pause)
+        if quiet < settle or now - self._settle_checked < 1.0:
             return ""
         self._settle_checked = now
         if not self.ledger.all_expected_present() or self.temp_count:
             return ""
         # Confirm with a fresh listing: events may have been lost.
         if self.full_scan() == 0 and self.temp_count == 0 and not self.marker_present:
-            return f"every expected file is present and nothing changed for {self.cfg.settle:g} s"
+            return f"every expected file is present and nothing changed for {settle:.3g} s"
         return ""
 
     def _drain(self) -> bool:
@@ -578,13 +593,18 @@ class Supervisor:
                 )
             _syncfs(self.dst)
         self.summary.state = "done"
+        self.summary.seconds = time.monotonic() - self._started
         _write_json(sidecar_dir(Path(self.dst)) / "summary.json", self.summary.as_dict())
 
     def _shutdown(self) -> None:
         if self.pool is not None:
             graceful = self.stop.level < 2 and self.fatal is None
             leftovers = self.pool.in_flight()
-            self.pool.stop(graceful=graceful, timeout=30.0 if graceful else 5.0)
+            self.pool.stop(
+                graceful=graceful,
+                timeout=30.0 if graceful else 5.0,
+                abort=lambda: self.stop.level >= 2,
+            )
             for key in leftovers:
                 rel_dir, _, name = key.rpartition("/")
                 _unlink(os.path.join(self.dst, rel_dir, TEMP_PREFIX + name))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
+from .errors import SoftcopyError
 from .scan import is_temporary, join_key
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,15 @@ class Hint:
 class TreeWatcher:
     def __init__(self, root: str) -> None:
         self.root = root
-        self._inotify = INotify()
+        try:
+            self._inotify = INotify()
+        except OSError as exc:
+            raise SoftcopyError(
+                root,
+                "watch source",
+                f"{os.strerror(exc.errno or 0)}: too many inotify instances are open for this "
+                "user (fs.inotify.max_user_instances); close other watchers or raise the limit",
+            ) from exc
         self._dirs: dict[int, str] = {}
         self._wds: dict[str, int] = {}
         self.unwatched = 0  # directories beyond the watch limit: only scans see them

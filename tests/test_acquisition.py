@@ -169,6 +169,7 @@ def test_marker_is_written_last_and_only_after_verification(tmp_path: Path) -> N
     assert marker == (src / "complete").stat().st_mtime_ns
     summary = json.loads((tmp_path / "dst.zarr.softcopy" / "summary.json").read_text())
     assert summary["state"] == "done" and summary["findings"] == []
+    assert summary["seconds"] > 0 and summary["files_copied"] == len(tree_files(src)) - 1
 
 
 @pytest.mark.parametrize(
@@ -287,11 +288,13 @@ def test_foreign_destination_extras_are_reported_not_deleted(tmp_path: Path) -> 
     simulate(src, SMALL)
     dst.mkdir()
     (dst / "notes.txt").write_text("someone else's file")
-    result = run_softcopy("copy", src, dst)
-    assert result.returncode == 1
-    assert "extra: notes.txt" in result.stdout
-    assert (dst / "notes.txt").read_text() == "someone else's file"
-    assert not (dst / "complete").exists(), "marker written although verification failed"
+    for attempt in range(2):  # a second run must not take the destination for its own
+        result = run_softcopy("copy", src, dst)
+        assert result.returncode == 1, f"run {attempt}: {result.stderr}"
+        assert "extra: notes.txt" in result.stdout
+        assert "choose an empty destination" in result.stderr
+        assert (dst / "notes.txt").read_text() == "someone else's file"
+        assert not (dst / "complete").exists(), "marker written although verification failed"
 
 
 def test_symlinks_are_copied_as_links_never_followed(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -96,3 +97,24 @@ def test_killing_the_supervisor_kills_its_copiers_and_a_rerun_resumes(
     assert again.returncode == 0, again.stderr
     assert_same_tree(src, dst)
     assert before > 0
+
+
+def test_ctrl_c_twice_aborts_promptly(unfinished: tuple[Path, Path]) -> None:
+    """Copiers pausing a minute after each file (--sleep-time) must not hold up a stop."""
+    src, dst = unfinished
+    proc = start_softcopy("copy", src, dst, "--sleep-time", "60", *ENDLESS)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    wait_for(lambda: copied_chunks(dst), what="a first chunk at the destination", proc=proc)
+    copiers = copiers_of(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    # Two signals sent back to back may arrive as one: wait until the first was handled.
+    wait_for(lambda: any("stopping" in line for line in lines), what="the first Ctrl-C")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 1
+    reader.join(10)
+    err = "".join(lines)
+    assert "Traceback" not in err
+    wait_for(lambda: all(gone(c) for c in copiers), timeout=10, what="the copiers to die")
+    assert not any(".softcopy-tmp." in k for k in tree_files(dst)), "temporary file left behind"
