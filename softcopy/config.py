@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -38,7 +39,9 @@ _OPTION_NAMES = {f.name for f in fields(TargetConfig)} - {"source", "destination
 def _check_number(where: str, value: Any, minimum: float, allow_none: bool = False) -> Any:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    # NaN (YAML `.nan`) compares false with everything: a NaN settle time would skip the
+    # settle wait, and time.sleep(nan) raises in every copier.
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         raise ConfigError(where, "read option", f"{value!r} is not a number")
     if value < minimum:
         raise ConfigError(where, "read option", f"{value!r} is less than {minimum}")
@@ -124,12 +127,13 @@ def load_targets(path: Path, overrides: dict[str, Any] | None = None) -> list[Ta
             )
         entry = dict(entry)
         source, destination = entry.pop("source", None), entry.pop("destination", None)
-        # Relative paths in a targets file are relative to the file, not to the shell.
+        # Relative paths in a targets file are relative to the file, not to the shell;
+        # `~` is expanded first, so `~/data` is not read as `<file's dir>/~/data`.
         base_dir = Path(path).resolve().parent
-        source = base_dir / source if isinstance(source, str) and source else source
-        destination = (
-            base_dir / destination if isinstance(destination, str) and destination else destination
-        )
+        if isinstance(source, str) and source:
+            source = base_dir / os.path.expanduser(source)
+        if isinstance(destination, str) and destination:
+            destination = base_dir / os.path.expanduser(destination)
         options = {**base, **parse_options(entry, where), **(overrides or {})}
         targets.append(make_target(source, destination, options, where))
     _check_distinct(path, targets)

@@ -534,8 +534,13 @@ class Supervisor:
             self.full_scan()
             if self._loop(finishing=True) is None:
                 return False
-            if self.full_scan() == 0 and not self.ledger.pending_count():
+            if self.full_scan() == 0 and not self._outstanding():
                 return True
+
+    def _outstanding(self) -> int:
+        """Keys that still need work and may still get it (not given up on)."""
+        given_up = sum(1 for key in self.failed if self.ledger.needs_work(key))
+        return self.ledger.pending_count() - given_up
 
     def _report_progress(self) -> None:
         self._last_progress = time.monotonic()

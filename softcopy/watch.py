@@ -92,8 +92,24 @@ class TreeWatcher:
             if exc.errno == errno.ENOTDIR:
                 return
             raise
+        old = self._dirs.get(wd)
+        if old is not None and old != rel and self._wds.get(old) == wd:
+            # The same directory under a new name (it moved): its old name is free again.
+            del self._wds[old]
         self._dirs[wd] = rel
         self._wds[rel] = wd
+
+    def _forget(self, rel: str) -> None:
+        """Stop watching rel and everything below it (it moved; it may be outside now)."""
+        prefix = f"{rel}/" if rel else ""
+        for name, wd in list(self._wds.items()):
+            if name == rel or name.startswith(prefix):
+                del self._wds[name]
+                self._dirs.pop(wd, None)
+                try:
+                    self._inotify.rm_watch(wd)
+                except OSError:
+                    pass  # already gone: its IN_IGNORED is queued
 
     def read(self, timeout_ms: int = 0) -> list[Hint]:
         hints: list[Hint] = []
@@ -115,7 +131,11 @@ class TreeWatcher:
                 continue
             if event.mask & (F.DELETE_SELF | F.MOVE_SELF):
                 if event.mask & F.MOVE_SELF:
-                    # A watched directory moved: every key below it changed name.
+                    # A watched directory moved: every key below it changed name. Its old
+                    # names must not block watching a new directory there, and events from
+                    # it must not be reported under them; the rescan watches it again if it
+                    # is still in the tree.
+                    self._forget(parent)
                     hints.append(Hint("rescan"))
                 continue
             if not event.name or is_temporary(event.name):

@@ -318,3 +318,22 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
         [sys.executable, "-m", "softcopy", "--version"], capture_output=True, text=True
     )
     assert out.returncode == 0 and "softcopy" in out.stdout
+
+
+def test_a_file_that_fails_for_good_ends_the_target_failed(tmp_path: Path) -> None:
+    """Regression: a permanent failure once left the drain loop spinning forever."""
+    src, dst = tmp_path / "src.zarr", tmp_path / "dst.zarr"
+    simulate(src, SMALL)
+    (src / "sub").mkdir()
+    (src / "sub" / "data").write_text("x")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    dst.mkdir()
+    os.symlink(elsewhere, dst / "sub")  # never written through: every attempt fails
+    targets = tmp_path / "targets.yaml"
+    targets.write_text(f"targets:\n  - {{source: {src}, destination: {dst}, max_attempts: 2}}\n")
+    result = run_softcopy("run", targets, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "failed: sub/data" in result.stdout
+    assert list(elsewhere.iterdir()) == []
+    assert not (dst / "complete").exists()
