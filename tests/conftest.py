@@ -26,19 +26,32 @@ def run_softcopy(*args: object, timeout: float = DEADLINE, **kw) -> subprocess.C
     )
 
 
+_started: list[subprocess.Popen] = []
+
+
+def start(cmd: list[str], **kw) -> subprocess.Popen:
+    """A process the test owns: killed after the test if it is still running."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    _started.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes():
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def start_softcopy(*args: object, **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        softcopy_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
-    )
+    return start(softcopy_cmd(*args), **kw)
 
 
 def start_simulator(destination: Path, *args: object) -> subprocess.Popen:
-    return subprocess.Popen(
-        softcopy_cmd("simulate", destination, *args),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start(softcopy_cmd("simulate", destination, *args))
 
 
 def finish(proc: subprocess.Popen, timeout: float = DEADLINE) -> tuple[int, str, str]:
@@ -80,7 +93,10 @@ def tree_files(root: Path) -> dict[str, int]:
     for dirpath, dirnames, filenames in os.walk(root):
         for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             path = os.path.join(dirpath, name)
-            found[os.path.relpath(path, root)] = os.lstat(path).st_size
+            try:
+                found[os.path.relpath(path, root)] = os.lstat(path).st_size
+            except FileNotFoundError:
+                continue  # renamed or deleted since the listing (a live tree)
     return found
 
 

@@ -102,29 +102,23 @@ def test_copy_is_live_and_follows_rewrites_and_deletes(tmp_path: Path) -> None:
     src, dst = tmp_path / "src.zarr", tmp_path / "dst.zarr"
     simulate(src, spec)
     copier = start_softcopy("copy", src, dst, "--settle", "600", "--scan-interval", "600")
-    try:
-        wait_for(lambda: tree_files(dst) == tree_files(src), what="the initial copy", proc=copier)
-        assert copier.poll() is None, "finished without a marker or settle"
-        store = ts.open(
-            {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(src)}}, open=True
-        ).result()
-        # Rewrite one chunk (new inode, new content), delete one (fill value), grow the array.
-        store[1, 0, 0:16, 0:16] = np.full((16, 16), 7, dtype=store.dtype.numpy_dtype)
-        store[2] = np.zeros(store.shape[1:], dtype=store.dtype.numpy_dtype)
-        store = store.resize(exclusive_max=[spec.timepoints + 1, *spec.shape]).result()
-        store[spec.timepoints] = np.ones(spec.shape, dtype=store.dtype.numpy_dtype)
-        assert not (src / "c/2/0/0/0").exists()
-        wait_for(
-            lambda: tree_files(dst) == tree_files(src), what="the rewrite and delete", proc=copier
-        )
-        assert (dst / "c/1/0/0/0").read_bytes() == (src / "c/1/0/0/0").read_bytes()
-        assert json.loads((dst / "zarr.json").read_text())["shape"][0] == spec.timepoints + 1
-        assert copier.poll() is None
-        (src / "complete").touch()
-        rc, out, err = finish(copier)
-    finally:
-        if copier.poll() is None:
-            copier.kill()
+    wait_for(lambda: tree_files(dst) == tree_files(src), what="the initial copy", proc=copier)
+    assert copier.poll() is None, "finished without a marker or settle"
+    store = ts.open(
+        {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(src)}}, open=True
+    ).result()
+    # Rewrite one chunk (new inode, new content), delete one (fill value), grow the array.
+    store[1, 0, 0:16, 0:16] = np.full((16, 16), 7, dtype=store.dtype.numpy_dtype)
+    store[2] = np.zeros(store.shape[1:], dtype=store.dtype.numpy_dtype)
+    store = store.resize(exclusive_max=[spec.timepoints + 1, *spec.shape]).result()
+    store[spec.timepoints] = np.ones(spec.shape, dtype=store.dtype.numpy_dtype)
+    assert not (src / "c/2/0/0/0").exists()
+    wait_for(lambda: tree_files(dst) == tree_files(src), what="the rewrite and delete", proc=copier)
+    assert (dst / "c/1/0/0/0").read_bytes() == (src / "c/1/0/0/0").read_bytes()
+    assert json.loads((dst / "zarr.json").read_text())["shape"][0] == spec.timepoints + 1
+    assert copier.poll() is None
+    (src / "complete").touch()
+    rc, out, err = finish(copier)
     assert rc == 0, err
     assert "marker" in err and "deleted" in out
     assert_same_tree(src, dst)
@@ -200,22 +194,18 @@ def test_plate_well_appearing_mid_acquisition_joins_the_target(tmp_path: Path) -
     src, dst = tmp_path / "plate.zarr", tmp_path / "copy.zarr"
     simulate(src, replace(spec, wells=1, complete=False))
     copier = start_softcopy("copy", src, dst, "--settle", "600", "--scan-interval", "600")
-    try:
-        wait_for(lambda: tree_files(dst) == tree_files(src), what="the first well", proc=copier)
-        well_b = tmp_path / "wellB.zarr"
-        simulate(well_b, replace(spec, wells=2, complete=False))
-        # Move the second well in as a whole new sub-tree, then its plate metadata:
-        # the new-directory path (watch, then scan) must find every file in it.
-        os.rename(well_b / "B", src / "B")
-        for name in (".zattrs", "zarr.json"):
-            if (well_b / name).exists():
-                os.replace(well_b / name, src / name)
-        wait_for(lambda: tree_files(dst) == tree_files(src), what="the second well", proc=copier)
-        (src / "complete").touch()
-        rc, _, err = finish(copier)
-    finally:
-        if copier.poll() is None:
-            copier.kill()
+    wait_for(lambda: tree_files(dst) == tree_files(src), what="the first well", proc=copier)
+    well_b = tmp_path / "wellB.zarr"
+    simulate(well_b, replace(spec, wells=2, complete=False))
+    # Move the second well in as a whole new sub-tree, then its plate metadata:
+    # the new-directory path (watch, then scan) must find every file in it.
+    os.rename(well_b / "B", src / "B")
+    for name in (".zattrs", "zarr.json"):
+        if (well_b / name).exists():
+            os.replace(well_b / name, src / name)
+    wait_for(lambda: tree_files(dst) == tree_files(src), what="the second well", proc=copier)
+    (src / "complete").touch()
+    rc, _, err = finish(copier)
     assert rc == 0, err
     assert any(k.startswith("B/") for k in tree_files(dst))
     assert_same_tree(src, dst)

@@ -16,7 +16,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import assert_same_tree, finish, softcopy_cmd, start_softcopy, tree_files, wait_for
+from conftest import (
+    assert_same_tree,
+    finish,
+    softcopy_cmd,
+    start,
+    start_softcopy,
+    tree_files,
+    wait_for,
+)
 from test_acquisition import SMALL, simulate
 
 QUEUE_LIMIT = Path("/proc/sys/fs/inotify/max_queued_events")
@@ -53,25 +61,21 @@ def stop_and_finish(proc: subprocess.Popen, src: Path) -> str:
 def test_files_in_a_directory_created_while_frozen_are_found(unfinished) -> None:
     src, dst = unfinished
     proc = start_softcopy("copy", src, dst, *ENDLESS)
-    try:
-        wait_for(lambda: tree_files(dst) == tree_files(src), what="the initial copy", proc=proc)
-        proc.send_signal(signal.SIGSTOP)
-        wait_for(lambda: stopped(proc.pid), what="softcopy to stop")
-        # Nested directories and their files exist before any watch on them can:
-        # the kernel generates no event for these files at all.
-        for i in range(5):
-            (src / "logs" / "run" / str(i)).mkdir(parents=True)
-            (src / "logs" / "run" / str(i) / "frame.txt").write_text(f"frame {i}")
-        proc.send_signal(signal.SIGCONT)
-        wait_for(
-            lambda: tree_files(dst) == tree_files(src),
-            what="files in the new directories",
-            proc=proc,
-        )
-        stop_and_finish(proc, src)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    wait_for(lambda: tree_files(dst) == tree_files(src), what="the initial copy", proc=proc)
+    proc.send_signal(signal.SIGSTOP)
+    wait_for(lambda: stopped(proc.pid), what="softcopy to stop")
+    # Nested directories and their files exist before any watch on them can:
+    # the kernel generates no event for these files at all.
+    for i in range(5):
+        (src / "logs" / "run" / str(i)).mkdir(parents=True)
+        (src / "logs" / "run" / str(i) / "frame.txt").write_text(f"frame {i}")
+    proc.send_signal(signal.SIGCONT)
+    wait_for(
+        lambda: tree_files(dst) == tree_files(src),
+        what="files in the new directories",
+        proc=proc,
+    )
+    stop_and_finish(proc, src)
     assert_same_tree(src, dst)
 
 
@@ -86,20 +90,14 @@ def test_queue_overflow_triggers_a_full_rescan(unfinished) -> None:
         wait_for(lambda: has_inotify(proc.pid), what="softcopy's inotify instance")
     finally:
         QUEUE_LIMIT.write_text(original)
-    try:
-        wait_for(lambda: tree_files(dst) == tree_files(src), what="the initial copy", proc=proc)
-        proc.send_signal(signal.SIGSTOP)
-        wait_for(lambda: stopped(proc.pid), what="softcopy to stop")
-        for i in range(100):  # far more than 16 events while nobody reads
-            (src / f"extra-{i}.txt").write_text(str(i))
-        proc.send_signal(signal.SIGCONT)
-        wait_for(
-            lambda: tree_files(dst) == tree_files(src), what="the files after overflow", proc=proc
-        )
-        err = stop_and_finish(proc, src)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    wait_for(lambda: tree_files(dst) == tree_files(src), what="the initial copy", proc=proc)
+    proc.send_signal(signal.SIGSTOP)
+    wait_for(lambda: stopped(proc.pid), what="softcopy to stop")
+    for i in range(100):  # far more than 16 events while nobody reads
+        (src / f"extra-{i}.txt").write_text(str(i))
+    proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: tree_files(dst) == tree_files(src), what="the files after overflow", proc=proc)
+    err = stop_and_finish(proc, src)
     assert "overflowed" in err
     assert_same_tree(src, dst)
 
@@ -114,21 +112,12 @@ def test_without_any_inotify_watch_scans_still_complete_the_copy(tmp_path: Path)
     probe = subprocess.run(["unshare", "-U", "-r", "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip("user namespaces are not available")
-    proc = subprocess.Popen(
-        ["unshare", "-U", "-r", "sh", "-c", script],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(lambda: tree_files(dst) == tree_files(src), what="the copy by scanning", proc=proc)
-        (src / "late.txt").write_text("written after the first scans")
-        wait_for(lambda: (dst / "late.txt").exists(), what="a late file", proc=proc)
-        (src / "complete").touch()
-        rc, _, err = finish(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = start(["unshare", "-U", "-r", "sh", "-c", script])
+    wait_for(lambda: tree_files(dst) == tree_files(src), what="the copy by scanning", proc=proc)
+    (src / "late.txt").write_text("written after the first scans")
+    wait_for(lambda: (dst / "late.txt").exists(), what="a late file", proc=proc)
+    (src / "complete").touch()
+    rc, _, err = finish(proc)
     assert rc == 0, err
     assert "watch limit reached" in err
     assert_same_tree(src, dst)

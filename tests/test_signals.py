@@ -58,22 +58,18 @@ def test_ctrl_c_once_stops_cleanly_and_a_rerun_resumes(unfinished: tuple[Path, P
 def test_a_killed_copier_is_replaced_and_its_work_redone(unfinished: tuple[Path, Path]) -> None:
     src, dst = unfinished
     proc = start_softcopy("copy", src, dst, "--sleep-time", "0.05", *ENDLESS)
-    try:
-        wait_for(lambda: copied_chunks(dst), what="a first chunk at the destination", proc=proc)
-        victim = copiers_of(proc.pid)[0]
-        victim.send_signal(signal.SIGKILL)
-        wait_for(lambda: gone(victim), what="the copier to die")
-        wait_for(
-            lambda: tree_files(dst) == tree_files(src),
-            what="the copy to complete after the kill",
-            proc=proc,
-        )
-        assert len(copiers_of(proc.pid)) == 2, "the dead copier was not replaced"
-        (src / "complete").touch()
-        rc, _, err = finish(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    wait_for(lambda: copied_chunks(dst), what="a first chunk at the destination", proc=proc)
+    victim = copiers_of(proc.pid)[0]
+    victim.send_signal(signal.SIGKILL)
+    wait_for(lambda: gone(victim), what="the copier to die")
+    wait_for(
+        lambda: tree_files(dst) == tree_files(src),
+        what="the copy to complete after the kill",
+        proc=proc,
+    )
+    assert len(copiers_of(proc.pid)) == 2, "the dead copier was not replaced"
+    (src / "complete").touch()
+    rc, _, err = finish(proc)
     assert rc == 0, err
     assert "ended unexpectedly" in err
     assert_same_tree(src, dst)
