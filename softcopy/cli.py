@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,12 @@ def _target_options(func: Callable) -> Callable:
         click.option(
             "--fsync/--no-fsync", default=None, help="fsync every file before its rename [no]."
         ),
+        click.option(
+            "--hash/--no-hash",
+            "hash_",
+            default=None,
+            help="BLAKE3 while copying, verify content, write a b3sum manifest [no].",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -73,7 +80,7 @@ def _target_options(func: Callable) -> Callable:
 
 
 def _given(**options: Any) -> dict[str, Any]:
-    return {k: v for k, v in options.items() if v is not None}
+    return {k.rstrip("_"): v for k, v in options.items() if v is not None}
 
 
 @click.group(epilog=EXIT_CODES_HELP)
@@ -195,27 +202,113 @@ class _signals_to:
             signal.signal(sig, handler)
 
 
-@main.command()
-@click.argument("source", type=click.Path(path_type=Path))
-@click.argument("destination", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print findings as JSON lines.")
+VERIFY_HELP = """\b
+With SOURCE and DESTINATION: missing, extra and size-mismatched files, link
+targets, metadata that does not parse; --hash adds content (BLAKE3).
+With DESTINATION alone: every file against the b3sum manifest in
+DESTINATION.softcopy/manifest.b3 (or --manifest), without the source.
+Exit codes: 0 identical, 1 differences found (all listed), 2 usage error."""
+
+
+@main.command(epilog=VERIFY_HELP)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--hash", "hashes", is_flag=True, help="Compare content by BLAKE3 (reads both sides)."
+)
+@click.option("--decode", is_flag=True, help="Also decode every chunk at the destination.")
+@click.option(
+    "--manifest",
+    type=click.Path(path_type=Path),
+    help="Check DESTINATION against this b3sum manifest (default: its sidecar's).",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON record per finding, then a summary."
+)
+@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True)
 @click.pass_context
-def verify(ctx: click.Context, source: Path, destination: Path, as_json: bool) -> None:
-    """Compare DESTINATION with SOURCE: missing, extra and size-mismatched files."""
-    from .verify import compare_trees
+def verify(
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    hashes: bool,
+    decode: bool,
+    manifest: Path | None,
+    as_json: bool,
+    workers: int,
+) -> None:
+    """Check a copy: `verify SOURCE DESTINATION`, or `verify DESTINATION` against its manifest."""
+    ctx.exit(_guarded(ctx, lambda: _verify(paths, hashes, decode, manifest, as_json, workers)))
 
-    def body() -> int:
-        for path in (source, destination):
-            if not path.is_dir():
-                raise ConfigError(path, "verify", "it is not a directory")
-        findings = compare_trees(str(source), str(destination))
-        for f in findings:
-            click.echo(json.dumps(f.as_dict()) if as_json else str(f))
-        if not as_json:
-            click.echo(f"{len(findings)} difference(s)" if findings else "identical")
-        return EXIT_FAILED if findings else EXIT_OK
 
-    ctx.exit(_guarded(ctx, body))
+def _verify(
+    paths: tuple[Path, ...],
+    hashes: bool,
+    decode: bool,
+    manifest: Path | None,
+    as_json: bool,
+    workers: int,
+) -> int:
+    from .manifest import MANIFEST, read_manifest
+    from .supervisor import sidecar_dir
+    from .verify import check_manifest, compare_trees
+
+    if len(paths) > 2:
+        raise ConfigError(
+            " ".join(map(str, paths)), "verify", "give SOURCE DESTINATION or DESTINATION"
+        )
+    for path in paths:
+        if not path.is_dir():
+            raise ConfigError(path, "verify", "it is not a directory")
+    started = time.monotonic()
+    destination = paths[-1]
+    if len(paths) == 2:
+        if manifest is not None:
+            raise ConfigError(
+                manifest, "verify", "--manifest checks DESTINATION alone; give one path"
+            )
+        result = compare_trees(str(paths[0]), str(destination), hashes=hashes, workers=workers)
+        mode = "BLAKE3" if hashes else "size"
+    else:
+        manifest = manifest or sidecar_dir(destination.absolute()) / MANIFEST
+        try:
+            digests = read_manifest(manifest)
+        except FileNotFoundError:
+            raise ConfigError(
+                manifest, "read manifest",
+                "it does not exist (copies made with --hash have one; or give SOURCE too)",
+            ) from None  # fmt: skip
+        except (OSError, ValueError) as exc:
+            raise ConfigError(manifest, "read manifest", str(exc)) from exc
+        result = check_manifest(str(destination), digests, workers)
+        mode = "BLAKE3 against the manifest"
+    if decode:
+        from .decode import check_decode
+        from .scan import scan_tree
+
+        result.findings += check_decode(str(destination), scan_tree(str(destination)).files)
+        mode += ", decoded"
+    seconds = time.monotonic() - started
+    rate = result.bytes / seconds / 1e6 if seconds > 0 else 0.0
+    for finding in result.findings:
+        click.echo(json.dumps(finding.as_dict()) if as_json else str(finding))
+    summary = {
+        "kind": "summary",
+        "ok": result.ok,
+        "findings": len(result.findings),
+        "files": result.files,
+        "bytes": result.bytes,
+        "compared_by": mode,
+        "seconds": round(seconds, 3),
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+    elif result.ok:
+        click.echo(
+            f"identical: {result.files} files ({result.bytes} bytes) compared by {mode} "
+            f"in {seconds:.1f} s ({rate:.0f} MB/s)"
+        )
+    else:
+        click.echo(f"{len(result.findings)} difference(s) found", err=True)
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 # ---- simulation and demo ---------------------------------------------------------------
@@ -247,6 +340,7 @@ def _simulation_options(func: Callable) -> Callable:
         click.option("--complete/--no-complete", default=True, help="Touch 'complete' at the end."),
         click.option("--wells", type=click.IntRange(min=1), default=2, show_default=True),
         click.option("--seed", type=int, default=0),
+        click.option("--compress/--no-compress", default=True, help="blosc/zstd or raw bytes."),
     ]
     for option in reversed(options):
         func = option(func)

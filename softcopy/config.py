@@ -25,6 +25,7 @@ class TargetConfig:
     scan_interval: float = 30.0  # periodic reconciliation scan
     complete_marker: str = "complete"
     fsync: bool = False
+    hash: bool = False  # BLAKE3 while copying; verify content; write manifest.b3
     max_attempts: int = 5
     batch_size: int = 32
 
@@ -65,7 +66,7 @@ def parse_options(options: dict[str, Any], where: str) -> dict[str, Any]:
             _check_number(here, value, 0.1)
         elif name == "idle_timeout":
             _check_number(here, value, 0, allow_none=True)
-        elif name in ("wait_for_source", "fsync"):
+        elif name in ("wait_for_source", "fsync", "hash"):
             if not isinstance(value, bool):
                 raise ConfigError(here, "read option", f"{value!r} is not true or false")
         elif name == "complete_marker" and (

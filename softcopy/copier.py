@@ -35,6 +35,7 @@ class CopierOptions:
     destination: str
     sleep_time: float = 0.0
     fsync: bool = False
+    digest: bool = False
     nice: int = 19
     idle_io: bool = True
 
@@ -92,7 +93,11 @@ def child_main(fd: int, parent_pid: int, options: CopierOptions) -> None:
             for key, compare_first in jobs:
                 if stopping:
                     break
-                outcomes.append(copy_one(options.source, dirs, key, compare_first, options.fsync))
+                outcomes.append(
+                    copy_one(
+                        options.source, dirs, key, compare_first, options.fsync, options.digest
+                    )
+                )
                 if options.sleep_time > 0 and not stopping:
                     select.select([wake_r], [], [], options.sleep_time)
         finally:

@@ -40,6 +40,20 @@ class _ArrayState:
     dst: np.ndarray  # (n, 3) int64
     inflight: np.ndarray  # (n,) bool
     seen: np.ndarray | None = None  # (n,) bool during a sweep
+    # BLAKE3 of the copied version, (n, 32) uint8; allocated only when hashing
+    digest: np.ndarray | None = None
+
+    def set_digest(self, i: int, hexdigest: str) -> None:
+        if self.digest is None:
+            if not hexdigest:
+                return
+            self.digest = np.zeros((len(self.src), 32), dtype=np.uint8)
+        self.digest[i] = np.frombuffer(bytes.fromhex(hexdigest), dtype=np.uint8) if hexdigest else 0
+
+    def get_digest(self, i: int) -> str:
+        if self.digest is None or not self.digest[i].any():
+            return ""
+        return self.digest[i].tobytes().hex()
 
     @classmethod
     def empty(cls, layout: ArrayLayout) -> _ArrayState:
@@ -58,6 +72,7 @@ class _Other:
     src: tuple[int, int, int] = ABSENT
     dst: tuple[int, int, int] = ABSENT
     inflight: bool = False
+    digest: str = ""
 
 
 @dataclass
@@ -116,6 +131,9 @@ class Ledger:
         new.src[target] = old.src[source]
         new.dst[target] = old.dst[source]
         new.inflight[target] = old.inflight[source]
+        if old.digest is not None:
+            new.digest = np.zeros((len(new.src), 32), dtype=np.uint8)
+            new.digest[target] = old.digest[source]
         self._move_out(old, touched[~fits])
 
     def _move_out(self, state: _ArrayState, touched: np.ndarray | None = None) -> None:
@@ -127,6 +145,7 @@ class Ledger:
                 tuple(int(x) for x in state.src[i]),
                 tuple(int(x) for x in state.dst[i]),
                 bool(state.inflight[i]),
+                state.get_digest(i),
             )
 
     def _adopt_others(self, state: _ArrayState) -> None:
@@ -140,6 +159,7 @@ class Ledger:
             state.src[index] = entry.src
             state.dst[index] = entry.dst
             state.inflight[index] = entry.inflight
+            state.set_digest(index, entry.digest)
 
     def locate(self, key: str) -> tuple[_ArrayState, int] | None:
         slash = key.rfind("/")
@@ -195,14 +215,15 @@ class Ledger:
             self._queue.append(key)
         return True
 
-    def set_copied(self, key: str, version: Version | None) -> None:
-        """The destination now holds `version` of key (None: deleted there)."""
+    def set_copied(self, key: str, version: Version | None, digest: str = "") -> None:
+        """The destination now holds `version` of key (None: deleted there), with its BLAKE3."""
         row = _as_row(version)
         hit = self.locate(key)
         if hit is not None:
             state, i = hit
             state.dst[i] = row
             state.inflight[i] = False
+            state.set_digest(i, digest)
             self._stale = True
             return
         entry = self.other.get(key)
@@ -212,6 +233,7 @@ class Ledger:
             entry = self.other[key] = _Other()
         entry.dst = row
         entry.inflight = False
+        entry.digest = digest
         if entry.src == ABSENT and entry.dst == ABSENT:
             del self.other[key]
 
@@ -261,6 +283,23 @@ class Ledger:
             return _as_version(hit[0].dst[hit[1]])
         entry = self.other.get(key)
         return None if entry is None else _as_version(entry.dst)
+
+    def digests(self) -> dict[str, tuple[Version, str]]:
+        """BLAKE3 taken while copying, by the source version it belongs to."""
+        known: dict[str, tuple[Version, str]] = {}
+        for key, e in self.other.items():
+            version = _as_version(e.dst)
+            if e.digest and version is not None:
+                known[key] = (version, e.digest)
+        for state in self.arrays.values():
+            if state.digest is None:
+                continue
+            rows = np.flatnonzero(state.digest.any(axis=1) & (state.dst[:, 0] >= 0))
+            for i, key in zip(rows, state.layout.keys(rows), strict=True):
+                version = _as_version(state.dst[i])
+                assert version is not None
+                known[state.prefix + key] = (version, state.get_digest(i))
+        return known
 
     def needs_work(self, key: str) -> bool:
         hit = self.locate(key)
@@ -345,7 +384,13 @@ class Ledger:
         return all(bool((s.src[:, 0] >= 0).all()) for s in self.arrays.values())
 
     def memory_bytes(self) -> int:
-        return sum(s.src.nbytes + s.dst.nbytes + s.inflight.nbytes for s in self.arrays.values())
+        return sum(
+            s.src.nbytes
+            + s.dst.nbytes
+            + s.inflight.nbytes
+            + (0 if s.digest is None else s.digest.nbytes)
+            for s in self.arrays.values()
+        )
 
 
 def _touched(state: _ArrayState) -> np.ndarray:

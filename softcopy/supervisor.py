@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from multiprocessing.connection import wait
 from pathlib import Path
 
@@ -23,9 +24,10 @@ from .copier import CopierOptions, CopierPool
 from .errors import ConfigError, MetadataError, SoftcopyError, from_os_error
 from .layout import ArrayLayout, metadata_kind, read_node
 from .ledger import Ledger
+from .manifest import CERTIFICATE, MANIFEST, write_certificate, write_manifest
 from .scan import TEMP_PREFIX, ScanResult, Version, scan_tree, stat_key
 from .transfer import CHANGED, COPIED, DELETED, FAILED, SAME, DirCache, copy_one
-from .verify import Finding, compare_trees
+from .verify import Finding, Verification, compare_trees
 from .watch import TreeWatcher
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,7 @@ class Supervisor:
 
     def run(self) -> Summary:
         started = self._started = time.monotonic()
+        self._wall_started = time.time()
         try:
             self._run()
         except SoftcopyError as exc:
@@ -160,7 +163,9 @@ class Supervisor:
         self._match_destination()
         self.pool = CopierPool(
             self.cfg.nprocs,
-            CopierOptions(self.src, self.dst, self.cfg.sleep_time, self.cfg.fsync),
+            CopierOptions(
+                self.src, self.dst, self.cfg.sleep_time, self.cfg.fsync, digest=self.cfg.hash
+            ),
         )
         log.info("%s: copying to %s with %d copiers", self.src, self.dst, self.cfg.nprocs)
         reason = self._loop(finishing=False)
@@ -249,6 +254,10 @@ class Supervisor:
             previous = json.loads(record.read_text()).get("source")
         except (OSError, ValueError, AttributeError):
             pass
+        # Whatever a previous run certified no longer holds once this run writes:
+        # a cleanup script must never find a certificate for a copy in progress.
+        for stale in (CERTIFICATE, MANIFEST, "summary.json"):
+            _unlink(str(side / stale))
         # Files in the destination that the source lacks are deleted only when the
         # destination is ours: new, or made by softcopy from this same source.
         self.owned = not existed or previous == self.src
@@ -434,7 +443,7 @@ class Supervisor:
             self.ledger.requeue(key)
         for o in outcomes:
             if o.status in (COPIED, SAME):
-                self.ledger.set_copied(o.key, o.version)
+                self.ledger.set_copied(o.key, o.version, o.digest)
                 self.compare_first.discard(o.key)
                 self.attempts.pop(o.key, None)
                 if o.status == COPIED:
@@ -560,8 +569,20 @@ class Supervisor:
 
     def _verify_and_finish(self) -> None:
         marker = self.cfg.complete_marker
+        # Flushed first, so verification reads what the device holds (the cache is
+        # dropped per file before it is read), not what the page cache remembers.
+        _syncfs(self.dst)
         source_scan = scan_tree(self.src)
-        findings = compare_trees(self.src, self.dst, frozenset({marker}), source_scan)
+        verification = compare_trees(
+            self.src,
+            self.dst,
+            frozenset({marker}),
+            source_scan,
+            hashes=self.cfg.hash,
+            known=self.ledger.digests() if self.cfg.hash else None,
+            workers=max(2, self.cfg.nprocs),
+        )
+        findings = verification.findings
         self.summary.findings = findings
         self.summary.failures = {**self.failed, **self.unreadable}
         self.summary.files_at_source = len(
@@ -583,23 +604,52 @@ class Supervisor:
                     "or choose an empty destination"
                 )
             return
-        _syncfs(self.dst)
+        digests = dict(verification.digests)
         if marker in source_scan.files:
             # The marker goes last, so whoever waits on it at the destination
             # sees a whole, verified copy.
             dirs = DirCache(self.dst)
             try:
-                outcome = copy_one(self.src, dirs, marker, fsync=True)
+                outcome = copy_one(self.src, dirs, marker, fsync=True, digest=self.cfg.hash)
             finally:
                 dirs.close()
             if outcome.status != COPIED:
                 raise SoftcopyError(
                     os.path.join(self.dst, marker), "write completion marker", outcome.error
                 )
+            digests[marker] = outcome.digest
             _syncfs(self.dst)
         self.summary.state = "done"
         self.summary.seconds = time.monotonic() - self._started
-        _write_json(sidecar_dir(Path(self.dst)) / "summary.json", self.summary.as_dict())
+        self._certify(verification, digests)
+
+    def _certify(self, verification: Verification, digests: dict[str, str]) -> None:
+        """The records a facility's cleanup script reads before it frees the source."""
+        side = sidecar_dir(Path(self.dst))
+        _write_json(side / "summary.json", self.summary.as_dict())
+        manifest_hash = None
+        if self.cfg.hash:
+            manifest_hash = write_manifest(side / MANIFEST, digests)
+        present, expected = self.ledger.expected_counts()
+        write_certificate(
+            side / CERTIFICATE,
+            {
+                "source": self.src,
+                "destination": self.dst,
+                "started": _iso(self._wall_started),
+                "finished": _iso(time.time()),
+                "finished_because": self.summary.reason,
+                "verification": "blake3" if self.cfg.hash else "sizes",
+                "files": len(digests) if self.cfg.hash else verification.files,
+                "bytes": verification.bytes,
+                "links": verification.links,
+                "chunks_expected": expected,
+                "chunks_absent": expected - present,
+                "files_deleted_during_acquisition": self.summary.files_deleted,
+                "manifest": MANIFEST if manifest_hash else None,
+                "manifest_blake3": manifest_hash,
+            },
+        )
 
     def _shutdown(self) -> None:
         if self.pool is not None:
@@ -634,6 +684,10 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
 def _write_json(path: Path, data: object) -> None:

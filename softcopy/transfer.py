@@ -13,6 +13,9 @@ import os
 import stat
 from dataclasses import dataclass
 
+from blake3 import blake3
+
+from .hashing import new_hasher
 from .scan import TEMP_PREFIX, Version, version_of
 
 # Results a copier reports for one key.
@@ -24,6 +27,9 @@ FAILED = "failed"
 
 _KERNEL_COPY_FALLBACK = {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF}
 _COMPARE_BLOCK = 1 << 20
+# Large enough to amortise syscalls, small enough to stay in L2 while hashed;
+# a small chunk file is read whole in one call.
+_COPY_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,7 @@ class Outcome:
     nbytes: int = 0
     error: str = ""
     errno: int = 0
+    digest: str = ""  # BLAKE3 of the bytes read from the source, when hashing
 
 
 class DirCache:
@@ -104,21 +111,49 @@ def _kernel_copy(fd_in: int, fd_out: int, size: int) -> int:
     return done
 
 
-def _same_content(fd_a: int, fd_b: int, size: int) -> bool:
+def _hashing_copy(fd_in: int, fd_out: int, size: int) -> tuple[int, str]:
+    """Read once, hash what was read, write it: the digest is of the bytes copied."""
+    hasher = new_hasher(size)
+    done = 0
+    block = min(max(size, 1), _COPY_BLOCK)
+    while done < size:
+        data = os.pread(fd_in, min(block, size - done), done)
+        if not data:
+            break
+        hasher.update(data)
+        view = memoryview(data)
+        while view:  # a short write is not an error by itself, only a reason to go on
+            view = view[os.write(fd_out, view) :]
+        done += len(data)
+    return done, hasher.hexdigest()
+
+
+def _same_content(fd_a: int, fd_b: int, size: int, hasher: blake3 | None) -> bool:
     offset = 0
     while offset < size:
         a = os.pread(fd_a, _COMPARE_BLOCK, offset)
         b = os.pread(fd_b, _COMPARE_BLOCK, offset)
         if a != b or not a:
             return False
+        if hasher is not None:
+            hasher.update(a)
         offset += len(a)
     return True
 
 
 def copy_one(
-    src_root: str, dst_dirs: DirCache, key: str, compare_first: bool = False, fsync: bool = False
+    src_root: str,
+    dst_dirs: DirCache,
+    key: str,
+    compare_first: bool = False,
+    fsync: bool = False,
+    digest: bool = False,
 ) -> Outcome:
-    """Bring the destination's `key` up to the source's current version, or report why not."""
+    """Bring the destination's `key` up to the source's current version, or report why not.
+
+    With `digest`, the source is read through userspace once and its BLAKE3 is
+    reported; otherwise the kernel copies (copy_file_range, sendfile).
+    """
     src_path = os.path.join(src_root, key)
     rel_dir, _, name = key.rpartition("/")
     try:
@@ -130,7 +165,7 @@ def copy_one(
             return _copy_link(src_path, dst_dirs, key, rel_dir, name, st)
         if not stat.S_ISREG(st.st_mode):
             return Outcome(key, FAILED, error="not a regular file", errno=errno.EINVAL)
-        return _copy_file(src_path, dst_dirs, key, rel_dir, name, compare_first, fsync)
+        return _copy_file(src_path, dst_dirs, key, rel_dir, name, compare_first, fsync, digest)
     except OSError as exc:
         return Outcome(key, FAILED, error=_describe(exc, key), errno=exc.errno or 0)
 
@@ -148,6 +183,7 @@ def _copy_file(
     name: str,
     compare_first: bool,
     fsync: bool,
+    digest: bool,
 ) -> Outcome:
     try:
         fd_in = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -157,15 +193,20 @@ def _copy_file(
         st = os.fstat(fd_in)
         version = version_of(st)
         dfd = dst_dirs.open(rel_dir, create=True)
-        if compare_first and _matches_existing(fd_in, dfd, name, st):
-            return Outcome(key, SAME, version)
+        if compare_first:
+            hasher = new_hasher(st.st_size) if digest else None
+            if _matches_existing(fd_in, dfd, name, st, hasher):
+                return Outcome(key, SAME, version, digest=hasher.hexdigest() if hasher else "")
         tmp = temp_name(name)
         fd_out = os.open(
             tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
             dir_fd=dfd,
         )  # fmt: skip
         try:
-            copied = _kernel_copy(fd_in, fd_out, st.st_size)
+            if digest:
+                copied, hexdigest = _hashing_copy(fd_in, fd_out, st.st_size)
+            else:
+                copied, hexdigest = _kernel_copy(fd_in, fd_out, st.st_size), ""
             os.fchmod(fd_out, stat.S_IMODE(st.st_mode))
             os.utime(fd_out, ns=(st.st_atime_ns, st.st_mtime_ns))
             if fsync:
@@ -184,7 +225,7 @@ def _copy_file(
         os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         # What we read is in the page cache; the writer needs that memory more than we do.
         os.posix_fadvise(fd_in, 0, 0, os.POSIX_FADV_DONTNEED)
-        return Outcome(key, COPIED, version, copied)
+        return Outcome(key, COPIED, version, copied, digest=hexdigest)
     except OSError:
         _unlink_quietly(temp_name(name), dst_dirs, rel_dir)
         raise
@@ -192,7 +233,9 @@ def _copy_file(
         os.close(fd_in)
 
 
-def _matches_existing(fd_in: int, dfd: int, name: str, st: os.stat_result) -> bool:
+def _matches_existing(
+    fd_in: int, dfd: int, name: str, st: os.stat_result, hasher: blake3 | None
+) -> bool:
     """A destination file populated by other means counts only if its bytes are the same."""
     try:
         fd_old = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
@@ -202,7 +245,7 @@ def _matches_existing(fd_in: int, dfd: int, name: str, st: os.stat_result) -> bo
         old = os.fstat(fd_old)
         if not stat.S_ISREG(old.st_mode) or old.st_size != st.st_size:
             return False
-        if not _same_content(fd_in, fd_old, st.st_size):
+        if not _same_content(fd_in, fd_old, st.st_size, hasher):
             return False
     finally:
         os.close(fd_old)

@@ -1,24 +1,59 @@
-"""Compare a destination tree with its source: findings as data, never exceptions."""
+"""Compare a destination with its source or its manifest: findings as data, never exceptions."""
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-from .scan import ScanResult, scan_tree
+from .errors import MetadataError
+from .hashing import hash_files
+from .layout import metadata_kind, read_node
+from .scan import ScanResult, Version, scan_tree
+
+_TEMPLATES = {
+    "missing": "missing: {key} (in the source, not in the destination)",
+    "extra": "extra: {key} (in the destination, not in the source)",
+    "size": "size differs: {key} source {source} destination {destination}",
+    "content": "content differs: {key} source {source} destination {destination}",
+    "type": "type differs: {key} source is a {source}, destination a {destination}",
+    "link": "link target differs: {key} source -> {source}, destination -> {destination}",
+    "leftover": "temporary file left in the destination: {key}",
+    "metadata": "metadata does not parse: {key}: {detail}",
+    "decode": "does not decode: {key}: {detail}",
+    "unreadable": "cannot read: {key}: {detail}",
+    "manifest": "not in the manifest: {key}",
+}
 
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # missing, extra, size, type, link, leftover
+    kind: str
     key: str
-    detail: str
+    detail: str = ""
+    source: object = None
+    destination: object = None
 
     def __str__(self) -> str:
-        return f"{self.kind}: {self.key}" + (f" ({self.detail})" if self.detail else "")
+        return _TEMPLATES[self.kind].format(**asdict(self))
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v not in (None, "")}
+
+
+@dataclass
+class Verification:
+    findings: list[Finding] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)  # destination BLAKE3 per file
+    files: int = 0
+    bytes: int = 0
+    links: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
 
 
 def compare_trees(
@@ -26,41 +61,133 @@ def compare_trees(
     destination: str,
     ignore: frozenset[str] = frozenset(),
     source_scan: ScanResult | None = None,
-) -> list[Finding]:
-    """Every difference in the set of files, their sizes, and link targets.
+    hashes: bool = False,
+    known: Mapping[str, tuple[Version, str]] | None = None,
+    workers: int = 4,
+) -> Verification:
+    """Every difference in the set of files, sizes, link targets and (with `hashes`) content.
 
+    `known` holds BLAKE3 digests taken while copying, by the source version they
+    belong to; a file whose source is still at that version is not read again.
+    The destination is always read from the device, never from the page cache.
     `ignore` names root-level keys to leave out on both sides (the `complete`
-    marker, which is copied only after verification passed).
+    marker, copied only after verification passed).
     """
     src = source_scan if source_scan is not None else scan_tree(source)
     dst = scan_tree(destination)
-    findings: list[Finding] = []
+    result = Verification()
+    findings = result.findings
     for key in sorted(dst.temporary):
-        findings.append(Finding("leftover", key, "temporary file left in the destination"))
+        findings.append(Finding("leftover", key))
+    for key, exc in dst.errors:
+        findings.append(Finding("unreadable", key, os.strerror(exc.errno or 0)))
     src_keys = (src.files.keys() | src.links) - ignore
     dst_keys = (dst.files.keys() | dst.links) - ignore
-    for key in sorted(src_keys - dst_keys):
-        findings.append(Finding("missing", key, "in the source, not in the destination"))
-    for key in sorted(dst_keys - src_keys):
-        findings.append(Finding("extra", key, "in the destination, not in the source"))
+    findings += [Finding("missing", k) for k in sorted(src_keys - dst_keys)]
+    findings += [Finding("extra", k) for k in sorted(dst_keys - src_keys)]
+    same_size: list[str] = []
     for key in sorted(src_keys & dst_keys):
         src_link, dst_link = key in src.links, key in dst.links
         if src_link != dst_link:
             kinds = ("link" if src_link else "file", "link" if dst_link else "file")
-            findings.append(
-                Finding("type", key, f"source is a {kinds[0]}, destination a {kinds[1]}")
-            )
+            findings.append(Finding("type", key, source=kinds[0], destination=kinds[1]))
         elif src_link:
+            result.links += 1
             a = os.readlink(os.path.join(source, key))
             b = os.readlink(os.path.join(destination, key))
             if a != b:
-                findings.append(Finding("link", key, f"source -> {a}, destination -> {b}"))
+                findings.append(Finding("link", key, source=a, destination=b))
         elif src.files[key].size != dst.files[key].size:
-            findings.append(
-                Finding(
-                    "size",
-                    key,
-                    f"source {src.files[key].size} bytes, destination {dst.files[key].size} bytes",
-                )
+            a, b = src.files[key].size, dst.files[key].size
+            findings.append(Finding("size", key, source=a, destination=b))
+        else:
+            same_size.append(key)
+    result.files = len(same_size)
+    result.bytes = sum(dst.files[k].size for k in same_size)
+    if hashes:
+        _compare_content(source, destination, src, same_size, known or {}, workers, result)
+    findings += check_metadata(destination, dst)
+    return result
+
+
+def _compare_content(
+    source: str,
+    destination: str,
+    src: ScanResult,
+    keys: list[str],
+    known: Mapping[str, tuple[Version, str]],
+    workers: int,
+    result: Verification,
+) -> None:
+    expected: dict[str, str] = {}
+    for key in keys:
+        entry = known.get(key)
+        if entry is not None and entry[0] == src.files[key]:
+            expected[key] = entry[1]
+    to_hash = [k for k in keys if k not in expected]
+    for key, digest, exc in hash_files(source, to_hash, workers):
+        if digest is None:
+            result.findings.append(Finding("unreadable", key, f"source: {exc}"))
+        else:
+            expected[key] = digest
+    for key, digest, exc in hash_files(destination, keys, workers, evict=True):
+        if digest is None:
+            result.findings.append(Finding("unreadable", key, f"destination: {exc}"))
+            continue
+        result.digests[key] = digest
+        if key in expected and expected[key] != digest:
+            result.findings.append(
+                Finding("content", key, source=expected[key][:16], destination=digest[:16])
             )
+    result.findings.sort(key=lambda f: (f.kind, f.key))
+
+
+def check_metadata(root: str, scan: ScanResult) -> list[Finding]:
+    """Every zarr metadata file is JSON, and every array's metadata describes a layout."""
+    findings: list[Finding] = []
+    nodes: set[str] = set()
+    for key in sorted(scan.files):
+        name = os.path.basename(key)
+        kind = metadata_kind(name)
+        if kind is None:
+            continue
+        if kind in ("array_v2", "v3", "group_v2"):
+            nodes.add(os.path.dirname(key))
+            continue
+        try:
+            json.loads(Path(root, key).read_bytes())
+        except (OSError, ValueError) as exc:
+            findings.append(Finding("metadata", key, str(exc)))
+    for rel in sorted(nodes):
+        try:
+            read_node(Path(root, rel), rel)
+        except MetadataError as exc:
+            findings.append(Finding("metadata", os.path.join(rel, "*"), exc.problem))
+        except OSError as exc:
+            findings.append(Finding("unreadable", rel, str(exc)))
     return findings
+
+
+def check_manifest(destination: str, digests: Mapping[str, str], workers: int = 4) -> Verification:
+    """A destination against its manifest alone: months later, the source long gone."""
+    dst = scan_tree(destination)
+    result = Verification()
+    findings = result.findings
+    present = set(dst.files)
+    findings += [Finding("missing", k) for k in sorted(set(digests) - present)]
+    findings += [Finding("manifest", k) for k in sorted(present - set(digests))]
+    keys = sorted(present & set(digests))
+    result.files = len(keys)
+    result.bytes = sum(dst.files[k].size for k in keys)
+    result.links = len(dst.links)
+    for key, digest, exc in hash_files(destination, keys, workers, evict=True):
+        if digest is None:
+            findings.append(Finding("unreadable", key, str(exc)))
+        elif digest != digests[key]:
+            findings.append(
+                Finding("content", key, source=digests[key][:16], destination=digest[:16])
+            )
+        else:
+            result.digests[key] = digest
+    findings.sort(key=lambda f: (f.kind, f.key))
+    return result
