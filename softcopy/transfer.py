@@ -172,7 +172,25 @@ def copy_one(
 
 def _describe(exc: OSError, key: str) -> str:
     where = f" ({exc.filename})" if exc.filename else ""
+    if isinstance(exc, PermissionError):
+        return (
+            f"permission denied at the destination{where}: softcopy needs write and "
+            "search permission on every destination directory"
+        )
     return f"{os.strerror(exc.errno) if exc.errno else exc}{where}"
+
+
+def _no_permission(path: str, what: str) -> str:
+    """Name the file, the permission that is missing, and who has it."""
+    try:
+        st = os.lstat(path)
+        has = f"; it has mode {stat.filemode(st.st_mode)}, owner uid {st.st_uid} gid {st.st_gid}"
+    except OSError:
+        has = ""
+    return (
+        f"permission denied: {what} permission is missing on {path}{has} "
+        f"(softcopy runs as uid {os.getuid()})"
+    )
 
 
 def _copy_file(
@@ -189,6 +207,8 @@ def _copy_file(
         fd_in = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return Outcome(key, CHANGED)  # replaced or deleted since the lstat: look again
+    except PermissionError as exc:
+        return Outcome(key, FAILED, error=_no_permission(src_path, "read"), errno=exc.errno)
     try:
         st = os.fstat(fd_in)
         version = version_of(st)
@@ -219,9 +239,15 @@ def _copy_file(
             now = version_of(os.lstat(src_path))
         except FileNotFoundError:
             now = None
-        if copied != st.st_size or version_of(os.fstat(fd_in)) != version or now != version:
+        if version_of(os.fstat(fd_in)) != version or now != version:
             _unlink_quietly(tmp, dfd)
             return Outcome(key, CHANGED)
+        if copied != st.st_size:
+            # Same file, fewer bytes than it has: a short read (a network or FUSE
+            # filesystem ending a read early, or an I/O error mid-file). Never publish it.
+            _unlink_quietly(tmp, dfd)
+            problem = f"read {copied} of {st.st_size} bytes from the source (short read)"
+            return Outcome(key, FAILED, error=problem, errno=errno.EIO)
         os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         # What we read is in the page cache; the writer needs that memory more than we do.
         os.posix_fadvise(fd_in, 0, 0, os.POSIX_FADV_DONTNEED)
