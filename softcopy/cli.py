@@ -22,6 +22,7 @@ from .config import TargetConfig, load_targets, make_target
 from .errors import EXIT_FAILED, EXIT_OK, ConfigError, SoftcopyError
 from .simulate import FORMATS, LAYOUTS
 from .supervisor import StopSignal, Summary, copy_target
+from .units import human_bytes
 
 log = logging.getLogger("softcopy")
 
@@ -66,6 +67,11 @@ def _target_options(func: Callable) -> Callable:
         ),
         click.option(
             "--fsync/--no-fsync", default=None, help="fsync every file before its rename [no]."
+        ),
+        click.option(
+            "--state-dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            help="Where the journal lives [$XDG_STATE_HOME/softcopy].",
         ),
         click.option(
             "--hash/--no-hash",
@@ -309,6 +315,42 @@ def _verify(
     else:
         click.echo(f"{len(result.findings)} difference(s) found", err=True)
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+@main.command()
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where the journal lives [$XDG_STATE_HOME/softcopy].",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per target.")
+@click.pass_context
+def status(ctx: click.Context, state_dir: Path | None, as_json: bool) -> None:
+    """Targets in the journal: state, files and bytes done and pending, failures, last activity."""
+    from .journal import default_state_dir, read_status
+
+    def body() -> int:
+        targets = read_status(state_dir or default_state_dir())
+        for t in targets:
+            if as_json:
+                click.echo(json.dumps(t, default=str))
+                continue
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["updated"]))
+            click.echo(
+                f"{t['state']:<11} {t['source']} -> {t['destination']}\n"
+                f"            {t['files_done']} files ({human_bytes(t['bytes_done'])}) done, "
+                f"{t['files_pending']} files ({human_bytes(t['bytes_pending'])}) pending, "
+                f"{len(t['failures'])} failed; last activity {when}"
+            )
+            if t["error"]:
+                click.echo(f"            {t['error']}")
+            for key, error in sorted(t["failures"].items()):
+                click.echo(f"            failed: {key}: {error}")
+        if not targets and not as_json:
+            click.echo("no targets in the journal")
+        return EXIT_OK
+
+    ctx.exit(_guarded(ctx, body))
 
 
 # ---- simulation and demo ---------------------------------------------------------------

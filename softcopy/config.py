@@ -28,6 +28,7 @@ class TargetConfig:
     hash: bool = False  # BLAKE3 while copying; verify content; write manifest.b3
     max_attempts: int = 5
     batch_size: int = 32
+    state_dir: Path | None = None  # journal location; default $XDG_STATE_HOME/softcopy
 
     @property
     def name(self) -> str:
@@ -69,6 +70,10 @@ def parse_options(options: dict[str, Any], where: str) -> dict[str, Any]:
         elif name in ("wait_for_source", "fsync", "hash"):
             if not isinstance(value, bool):
                 raise ConfigError(here, "read option", f"{value!r} is not true or false")
+        elif name == "state_dir":
+            if not isinstance(value, str | os.PathLike) or not str(value):
+                raise ConfigError(here, "read option", f"{value!r} is not a directory path")
+            value = Path(os.path.abspath(os.path.expanduser(value)))
         elif name == "complete_marker" and (
             not isinstance(value, str) or not value or "/" in value
         ):

@@ -12,17 +12,28 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from .errors import MetadataError
 from .layout import ArrayLayout, metadata_kind, read_node
-from .verify import Finding
+from .verify import Finding, metadata_key
 
 
-def find_arrays(root: str, keys: Iterable[str]) -> list[ArrayLayout]:
+def find_arrays(
+    root: str, keys: Iterable[str], problems: list[Finding] | None = None
+) -> list[ArrayLayout]:
+    """Every array with metadata among `keys`; metadata that does not parse goes to `problems`:
+    no chunk of such an array can be decoded, and without a source nothing else reports it."""
     arrays = []
     for rel in sorted({os.path.dirname(k) for k in keys if metadata_kind(os.path.basename(k))}):
         try:
             node = read_node(Path(root, rel), rel)
-        except (OSError, ValueError):
-            continue  # reported by the metadata check
+        except MetadataError as exc:  # a SoftcopyError, not a ValueError
+            if problems is not None:
+                problems.append(Finding("decode", metadata_key(root, rel, exc), exc.problem))
+            continue
+        except (OSError, ValueError) as exc:
+            if problems is not None:
+                problems.append(Finding("decode", rel or ".", _short(exc)))
+            continue
         if isinstance(node, ArrayLayout):
             arrays.append(node)
     return arrays
@@ -36,7 +47,7 @@ def check_decode(root: str, keys: Iterable[str]) -> list[Finding]:
     # No cache: every read must come from the file, not from an earlier read.
     context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
     findings: list[Finding] = []
-    for layout in find_arrays(root, keys):
+    for layout in find_arrays(root, keys, findings):
         prefix = f"{layout.path}/" if layout.path else ""
         driver = "zarr" if layout.zarr_format == 2 else "zarr3"
         try:

@@ -366,6 +366,24 @@ class Ledger:
             n += int((state.src != state.dst).any(axis=1).sum())
         return n
 
+    def pending_totals(self, block: int = 1) -> tuple[int, int]:
+        """(files, bytes at their current source size) that still need work.
+
+        With `block`, each file's size is rounded up to whole blocks: what it
+        will take on a filesystem that allocates in blocks of that size.
+        """
+        files = nbytes = 0
+        for e in self.other.values():
+            if e.src != e.dst:
+                files += 1
+                nbytes += -(-max(e.src[0], 0) // block) * block
+        for state in self.arrays.values():
+            need = (state.src != state.dst).any(axis=1)
+            files += int(need.sum())
+            sizes = np.clip(state.src[need, 0], 0, None)
+            nbytes += int((-(-sizes // block) * block).sum())
+        return files, nbytes
+
     def inflight_count(self) -> int:
         n = sum(1 for e in self.other.values() if e.inflight)
         return n + sum(int(s.inflight.sum()) for s in self.arrays.values())

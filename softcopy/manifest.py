@@ -46,7 +46,9 @@ def _unescape(text: str) -> str:
         c = text[i]
         if c == "\\" and i + 1 < len(text):
             nxt = text[i + 1]
-            out.append({"\\": "\\", "n": "\n"}.get(nxt, "\\" + nxt))
+            # `\r`: newer b3sum releases escape a carriage return too; older ones never
+            # write it (they double every backslash), so reading it is unambiguous.
+            out.append({"\\": "\\", "n": "\n", "r": "\r"}.get(nxt, "\\" + nxt))
             i += 2
         else:
             out.append(c)

@@ -22,17 +22,22 @@ from . import __version__
 from .config import TargetConfig
 from .copier import CopierOptions, CopierPool
 from .errors import ConfigError, MetadataError, SoftcopyError, from_os_error
+from .journal import Journal, default_state_dir
 from .layout import ArrayLayout, metadata_kind, read_node
 from .ledger import Ledger
 from .manifest import CERTIFICATE, MANIFEST, write_certificate, write_manifest
 from .scan import TEMP_PREFIX, ScanResult, Version, scan_tree, stat_key
-from .transfer import CHANGED, COPIED, DELETED, FAILED, SAME, DirCache, copy_one
+from .transfer import CHANGED, COPIED, DELETED, FAILED, SAME, DirCache, Outcome, copy_one
+from .units import human_bytes
 from .verify import Finding, Verification, compare_trees
 from .watch import TreeWatcher
 
 log = logging.getLogger(__name__)
 
 _PROGRESS_EVERY = 10.0
+# Seconds between journal checkpoints (a syncfs of the destination, then one
+# SQLite transaction): the most a crash can make a resumed run compare again.
+_CHECKPOINT_EVERY = 2.0
 _RETRY_BASE = 0.2
 _FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
@@ -82,8 +87,8 @@ class Summary:
         checked = "verified" if self.ok else "at the source"
         return (
             f"{self.state}: {self.source} -> {self.destination}: "
-            f"{self.files_at_source} files ({_size(self.bytes_at_source)}) {checked}; "
-            f"{self.files_copied} copied ({_size(self.bytes_copied)}), "
+            f"{self.files_at_source} files ({human_bytes(self.bytes_at_source)}) {checked}; "
+            f"{self.files_copied} copied ({human_bytes(self.bytes_copied)}), "
             f"{self.files_deleted} deleted, {self.files_already_there} already there; "
             f"{self.seconds:.1f} s, {rate:.1f} MB/s"
         )
@@ -92,14 +97,6 @@ class Summary:
         d = asdict(self)
         d["findings"] = [f.as_dict() for f in self.findings]
         return d
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def sidecar_dir(destination: Path) -> Path:
@@ -134,6 +131,12 @@ class Supervisor:
         self._last_progress = time.monotonic()
         self._settle_checked = 0.0
         self._changes_seen = False
+        self.journal: Journal | None = None
+        self._unsynced: list[tuple[str, Version, str]] = []  # copied, not yet flushed+recorded
+        self._unsynced_deleted: list[str] = []
+        self._last_checkpoint = time.monotonic()
+        self._pending_counted = 0.0
+        self._pending = (0, 0)
         self.longest_pause = 0.0  # between two changes at the source
 
     # ---- the whole run --------------------------------------------------------------
@@ -144,8 +147,8 @@ class Supervisor:
         try:
             self._run()
         except SoftcopyError as exc:
-            self.summary.state = "failed"
             self.summary.error = str(exc)
+            self._set_state("failed", str(exc))
             raise
         finally:
             self.summary.seconds = time.monotonic() - started
@@ -153,14 +156,21 @@ class Supervisor:
         return self.summary
 
     def _run(self) -> None:
+        if not self.cfg.wait_for_source:
+            problem = self._source_problem()  # bad input touches nothing, not even a lock
+            if problem is not None:
+                raise problem
+        self._lock_destination()
+        self.journal = Journal(self.cfg.state_dir or default_state_dir(), self.src, self.dst)
+        self._set_state("waiting")
         if not self._wait_for_source():
-            self.summary.state = "interrupted"
-            return
+            return self._interrupted()
         self._prepare_destination()
-        self.summary.state = "copying"
+        self._set_state("copying")
         self.watcher = TreeWatcher(self.src)
         self.full_scan(initial=True)
         self._match_destination()
+        self._preflight_space()
         self.pool = CopierPool(
             self.cfg.nprocs,
             CopierOptions(
@@ -173,17 +183,24 @@ class Supervisor:
             return self._interrupted()
         self.summary.reason = reason
         log.info("%s: finished (%s); copying what is left", self.src, reason)
-        self.summary.state = "draining"
+        self._set_state("draining")
         if not self._drain():
             return self._interrupted()
-        self.summary.state = "verifying"
+        self._checkpoint()
+        self._set_state("verifying")
         self._verify_and_finish()
+        self._set_state(self.summary.state, self.summary.error)
+
+    def _set_state(self, state: str, error: str = "") -> None:
+        self.summary.state = state
+        if self.journal is not None:
+            self.journal.set_state(state, self.summary.reason, error)
 
     def _interrupted(self) -> None:
-        self.summary.state = "interrupted"
         self.summary.error = (
             "stopped before the copy was complete; run the same command again to resume"
         )
+        self._set_state("interrupted", self.summary.error)
 
     # ---- start ---------------------------------------------------------------------------
 
@@ -230,15 +247,14 @@ class Supervisor:
             )
         return None
 
-    def _prepare_destination(self) -> None:
+    def _lock_destination(self) -> None:
+        """One softcopy per destination: taken before anything else touches it or its journal."""
         dst = Path(self.dst)
         if dst.exists() and not dst.is_dir():
             raise ConfigError(dst, "use destination", "it exists and is not a directory")
         side = sidecar_dir(dst)
         try:
-            existed = dst.is_dir() and any(dst.iterdir())
-            dst.mkdir(parents=True, exist_ok=True)
-            side.mkdir(exist_ok=True)
+            side.mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(side / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise from_os_error(exc, "create destination", exc.filename or dst) from exc
@@ -248,6 +264,15 @@ class Supervisor:
             raise ConfigError(
                 dst, "copy to destination", "another softcopy is already copying there"
             ) from exc
+
+    def _prepare_destination(self) -> None:
+        dst = Path(self.dst)
+        side = sidecar_dir(dst)
+        try:
+            existed = dst.is_dir() and any(dst.iterdir())
+            dst.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise from_os_error(exc, "create destination", exc.filename or dst) from exc
         record = side / "target.json"
         previous = None
         try:
@@ -280,7 +305,15 @@ class Supervisor:
             raise from_os_error(exc, "write to destination", self.dst) from exc
 
     def _match_destination(self) -> None:
-        """Take stock of what a previous run (or someone else) already put in the destination."""
+        """Take stock of what a previous run (or someone else) already put in the destination.
+
+        A file is trusted only when the journal says this run's predecessor copied
+        exactly the source's current version and the file still has its size and
+        mtime. Anything else of the right size is compared byte for byte before
+        any rewrite: a destination populated by other means is checked, not trusted.
+        """
+        assert self.journal is not None
+        journaled = self.journal.copied_files()
         dst = scan_tree(self.dst)
         for key in dst.temporary:
             if os.path.basename(key).startswith(TEMP_PREFIX):
@@ -291,11 +324,13 @@ class Supervisor:
                 if self.owned and key != self.cfg.complete_marker:
                     self.ledger.set_copied(key, there)  # extra: the copier deletes it
                 continue
-            if here.size == there.size and here.mtime_ns == there.mtime_ns:
-                self.ledger.set_copied(key, here)
+            record = journaled.get(key)
+            quick = here.size == there.size and here.mtime_ns == there.mtime_ns
+            if quick and record is not None and record[0] == here:
+                self.ledger.set_copied(key, here, record[1])
                 self.summary.files_already_there += 1
             elif here.size == there.size:
-                self.compare_first.add(key)  # same size, other mtime: compare before copying
+                self.compare_first.add(key)  # compare before copying
         for key in dst.links:
             here = self.ledger.source(key)
             if here is not None and _same_link(self.src, self.dst, key):
@@ -438,6 +473,9 @@ class Supervisor:
     def _on_results(self, conn: object) -> None:
         assert self.pool is not None
         outcomes, lost = self.pool.receive(conn)  # type: ignore[arg-type]
+        self._apply(outcomes, lost)
+
+    def _apply(self, outcomes: list[Outcome], lost: list[str]) -> None:
         for key in lost:
             self.ledger.set_inflight(key, False)
             self.ledger.requeue(key)
@@ -446,15 +484,22 @@ class Supervisor:
                 self.ledger.set_copied(o.key, o.version, o.digest)
                 self.compare_first.discard(o.key)
                 self.attempts.pop(o.key, None)
+                assert o.version is not None
+                self._unsynced.append((o.key, o.version, o.digest))
                 if o.status == COPIED:
                     self.summary.files_copied += 1
                     self.summary.bytes_copied += o.nbytes
                 else:
                     self.summary.files_already_there += 1
+                if self.ledger.source(o.key) != o.version:
+                    # The copier saw a version we never observed (e.g. a change of mtime
+                    # alone, or an event lost): look again rather than trust either.
+                    self._observe(o.key, stat_key(self.src, o.key))
                 if self.ledger.needs_work(o.key):
                     self.ledger.requeue(o.key)  # the source moved on meanwhile
             elif o.status == DELETED:
                 self.ledger.set_copied(o.key, None)
+                self._unsynced_deleted.append(o.key)
                 self._observe(o.key, stat_key(self.src, o.key))
                 self.summary.files_deleted += 1
             elif o.status == CHANGED:
@@ -465,15 +510,54 @@ class Supervisor:
                 self.ledger.set_inflight(o.key, False)
                 self._failed(o.key, o.error, o.errno)
 
+    def _preflight_space(self) -> None:
+        """Refuse to start a copy that cannot fit (what the source holds now; it may grow)."""
+        block = os.statvfs(self.dst).f_frsize or 1
+        files, nbytes = self.ledger.pending_totals(block)
+        files -= len(self.compare_first)  # probably identical already: no new space
+        nbytes -= sum((self.ledger.source(k) or Version(0, 0, 0)).size for k in self.compare_first)
+        free_bytes, free_inodes = _free_space(self.dst)
+        where = f"the destination filesystem (mounted at {_mount_point(self.dst)})"
+        if nbytes > free_bytes:
+            raise SoftcopyError(
+                self.dst,
+                "copy to destination",
+                f"{where} has {human_bytes(free_bytes)} free, but {human_bytes(nbytes)} in "
+                f"{files} files are still to be copied; free at least "
+                f"{human_bytes(nbytes - free_bytes)} and run again",
+            )
+        if free_inodes is not None and files > free_inodes:
+            raise SoftcopyError(
+                self.dst,
+                "copy to destination",
+                f"{where} has room for {free_inodes} more files (inodes), but {files} are "
+                "still to be copied; free inodes and run again",
+            )
+
+    def _out_of_space(self, key: str, error: str) -> SoftcopyError:
+        files, nbytes = self.ledger.pending_totals()
+        free_bytes, free_inodes = _free_space(self.dst)
+        if free_inodes == 0:
+            problem = f"it is out of inodes, and {files} files are still to be copied"
+        else:
+            problem = (
+                f"{human_bytes(free_bytes)} free, about {human_bytes(nbytes)} more needed for "
+                f"{files} files"
+            )
+        return SoftcopyError(
+            os.path.join(self.dst, key),
+            "write",
+            f"{error}: the destination filesystem (mounted at {_mount_point(self.dst)}) is full "
+            f"({problem}); nothing partial was left behind: free space and run the same "
+            "command again to resume",
+        )
+
     def _failed(self, key: str, error: str, err: int) -> None:
         if err in _FATAL_ERRNOS:
-            self.fatal = SoftcopyError(
-                os.path.join(self.dst, key),
-                "write",
-                f"{error}; free space on the destination filesystem and run again to resume"
-                if err in (errno.ENOSPC, errno.EDQUOT)
-                else error,
-            )
+            if err in (errno.ENOSPC, errno.EDQUOT):
+                self.fatal = self._out_of_space(key, error)
+            else:
+                self.fatal = SoftcopyError(os.path.join(self.dst, key), "write", error)
             return
         attempts = self.attempts.get(key, 0) + 1
         self.attempts[key] = attempts
@@ -512,6 +596,8 @@ class Supervisor:
             now = time.monotonic()
             if now >= self.next_scan:
                 self.full_scan()
+            if now - self._last_checkpoint >= _CHECKPOINT_EVERY or len(self._unsynced) > 2000:
+                self._checkpoint()
             if now - self._last_progress >= _PROGRESS_EVERY:
                 self._report_progress()
 
@@ -551,6 +637,30 @@ class Supervisor:
         given_up = sum(1 for key in self.failed if self.ledger.needs_work(key))
         return self.ledger.pending_count() - given_up
 
+    def _checkpoint(self) -> None:
+        """Flush the destination, then record what the flush made durable."""
+        self._last_checkpoint = time.monotonic()
+        if self.journal is None:
+            return
+        if self._unsynced or self._unsynced_deleted:
+            _syncfs(self.dst)
+        if time.monotonic() - self._pending_counted >= _PROGRESS_EVERY:
+            self._pending = self.ledger.pending_totals()
+            self._pending_counted = time.monotonic()
+        self.journal.checkpoint(
+            self._unsynced,
+            self._unsynced_deleted,
+            {**self.failed, **self.unreadable},
+            {
+                "files_copied": self.summary.files_copied,
+                "bytes_copied": self.summary.bytes_copied,
+                "files_pending": self._pending[0],
+                "bytes_pending": self._pending[1],
+            },
+        )
+        self._unsynced = []
+        self._unsynced_deleted = []
+
     def _report_progress(self) -> None:
         self._last_progress = time.monotonic()
         present, expected = self.ledger.expected_counts()
@@ -559,7 +669,7 @@ class Supervisor:
             self.src,
             self.summary.state,
             self.summary.files_copied,
-            _size(self.summary.bytes_copied),
+            human_bytes(self.summary.bytes_copied),
             self.ledger.pending_count(),
             present,
             expected,
@@ -617,7 +727,7 @@ class Supervisor:
                 raise SoftcopyError(
                     os.path.join(self.dst, marker), "write completion marker", outcome.error
                 )
-            digests[marker] = outcome.digest
+            digests[marker] = outcome.digest  # "" without --hash: counted, not in the manifest
             _syncfs(self.dst)
         self.summary.state = "done"
         self.summary.seconds = time.monotonic() - self._started
@@ -629,7 +739,7 @@ class Supervisor:
         _write_json(side / "summary.json", self.summary.as_dict())
         manifest_hash = None
         if self.cfg.hash:
-            manifest_hash = write_manifest(side / MANIFEST, digests)
+            manifest_hash = write_manifest(side / MANIFEST, {k: d for k, d in digests.items() if d})
         present, expected = self.ledger.expected_counts()
         write_certificate(
             side / CERTIFICATE,
@@ -640,7 +750,9 @@ class Supervisor:
                 "finished": _iso(time.time()),
                 "finished_because": self.summary.reason,
                 "verification": "blake3" if self.cfg.hash else "sizes",
-                "files": len(digests) if self.cfg.hash else verification.files,
+                # Every regular file in the destination, the marker included, whatever
+                # the verification mode.
+                "files": verification.files + int(self.cfg.complete_marker in digests),
                 "bytes": verification.bytes,
                 "links": verification.links,
                 "chunks_expected": expected,
@@ -655,11 +767,12 @@ class Supervisor:
         if self.pool is not None:
             graceful = self.stop.level < 2 and self.fatal is None
             leftovers = self.pool.in_flight()
-            self.pool.stop(
+            finished = self.pool.stop(
                 graceful=graceful,
                 timeout=30.0 if graceful else 5.0,
                 abort=lambda: self.stop.level >= 2,
             )
+            self._apply(finished, [])
             for key in leftovers:
                 rel_dir, _, name = key.rpartition("/")
                 _unlink(os.path.join(self.dst, rel_dir, TEMP_PREFIX + name))
@@ -667,9 +780,35 @@ class Supervisor:
         if self.watcher is not None:
             self.watcher.close()
             self.watcher = None
+        if self.journal is not None:
+            try:
+                self._checkpoint()
+                if self.summary.state not in ("done", "failed", "interrupted"):
+                    # Left by an error: say so, so `status` does not show it running.
+                    self._set_state("failed", self.summary.error or "stopped by an error")
+            finally:
+                self.journal.close()
+                self.journal = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _free_space(path: str) -> tuple[int, int | None]:
+    """(bytes, inodes) an unprivileged writer may still use; inodes None when unlimited."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize, (st.f_favail if st.f_files else None)
+
+
+def _mount_point(path: str) -> str:
+    path = os.path.abspath(path)
+    dev = os.stat(path).st_dev
+    while path != os.path.dirname(path):
+        parent = os.path.dirname(path)
+        if os.stat(parent).st_dev != dev:
+            return path
+        path = parent
+    return path
 
 
 def _same_link(src: str, dst: str, key: str) -> bool:

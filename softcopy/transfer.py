@@ -104,11 +104,29 @@ def _kernel_copy(fd_in: int, fd_out: int, size: int) -> int:
         if n == 0:
             break
         done += n
-    if not use_cfr:
-        # sendfile writes at the file offset, copy_file_range at explicit offsets;
-        # keep the destination offset honest for anything that follows.
-        os.lseek(fd_out, done, os.SEEK_SET)
+    if done < size:
+        # A kernel copy may stop where read() would go on: splice from a FUSE file in
+        # direct_io mode takes the first short read for the end of the file, and returns
+        # 0 from then on. Finish through userspace; a real end of file still ends it.
+        done = _pread_copy(fd_in, fd_out, done, size)
+    # sendfile writes at the file offset, copy_file_range and pwrite at explicit
+    # offsets; keep the destination offset honest for anything that follows.
+    os.lseek(fd_out, done, os.SEEK_SET)
     return done
+
+
+def _pread_copy(fd_in: int, fd_out: int, offset: int, size: int) -> int:
+    """Copy [offset, size) with pread/pwrite, going on after short reads; returns the end."""
+    while offset < size:
+        data = os.pread(fd_in, min(size - offset, _COPY_BLOCK), offset)
+        if not data:
+            break
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd_out, view, offset)
+            view = view[n:]
+            offset += n
+    return offset
 
 
 def _hashing_copy(fd_in: int, fd_out: int, size: int) -> tuple[int, str]:
@@ -160,6 +178,13 @@ def copy_one(
         st = os.lstat(src_path)
     except (FileNotFoundError, NotADirectoryError):
         return _delete(dst_dirs, key, rel_dir, name)
+    except PermissionError as exc:
+        where = os.path.dirname(src_path)
+        return Outcome(key, FAILED, error=_no_permission(where, "search"), errno=exc.errno)
+    except OSError as exc:
+        # A network mount that dropped (ENOTCONN, ESTALE, EIO): a failure of this key,
+        # retried by the supervisor, never an exception that kills the copier.
+        return Outcome(key, FAILED, error=_describe(exc, key), errno=exc.errno or 0)
     try:
         if stat.S_ISLNK(st.st_mode):
             return _copy_link(src_path, dst_dirs, key, rel_dir, name, st)

@@ -28,6 +28,29 @@ _TEMPLATES = {
 }
 
 
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(name: str) -> str:
+    """A file name on one line of any terminal: backslash, control characters and bytes
+    that are not UTF-8 (surrogate-escaped) are escaped, so no name can break or forge a line
+    of the report, and printing never fails on an undecodable name."""
+    if name.isprintable() and "\\" not in name:
+        return name
+    out = []
+    for c in name:
+        code = ord(c)
+        if c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        elif 0xDC80 <= code <= 0xDCFF:  # a raw byte from os.fsdecode
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif not c.isprintable() and c != " ":
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 @dataclass(frozen=True)
 class Finding:
     kind: str
@@ -37,7 +60,8 @@ class Finding:
     destination: object = None
 
     def __str__(self) -> str:
-        return _TEMPLATES[self.kind].format(**asdict(self))
+        fields = {k: printable(v) if isinstance(v, str) else v for k, v in asdict(self).items()}
+        return _TEMPLATES[self.kind].format(**fields)
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v not in (None, "")}
@@ -162,10 +186,18 @@ def check_metadata(root: str, scan: ScanResult) -> list[Finding]:
         try:
             read_node(Path(root, rel), rel)
         except MetadataError as exc:
-            findings.append(Finding("metadata", os.path.join(rel, "*"), exc.problem))
+            findings.append(Finding("metadata", metadata_key(root, rel, exc), exc.problem))
         except OSError as exc:
             findings.append(Finding("unreadable", rel, str(exc)))
     return findings
+
+
+def metadata_key(root: str, rel: str, exc: MetadataError) -> str:
+    """The key of the metadata file an error is about (`rel/*` if it names none below root)."""
+    key = os.path.relpath(exc.path, root)
+    if key == os.pardir or key.startswith(os.pardir + os.sep) or os.path.isabs(key):
+        return os.path.join(rel, "*")
+    return key
 
 
 def check_manifest(destination: str, digests: Mapping[str, str], workers: int = 4) -> Verification:
@@ -173,7 +205,8 @@ def check_manifest(destination: str, digests: Mapping[str, str], workers: int = 
     dst = scan_tree(destination)
     result = Verification()
     findings = result.findings
-    present = set(dst.files)
+    # Links are not in a manifest (b3sum would hash what they point to), so not extras.
+    present = set(dst.files) - dst.links
     findings += [Finding("missing", k) for k in sorted(set(digests) - present)]
     findings += [Finding("manifest", k) for k in sorted(present - set(digests))]
     keys = sorted(present & set(digests))

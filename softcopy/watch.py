@@ -23,13 +23,15 @@ log = logging.getLogger(__name__)
 # IN_MOVED_TO: tensorstore and zarr-python publish by rename.  IN_CLOSE_WRITE:
 # in-place writers (a `complete` marker, logs).  IN_CREATE: directories, hard
 # links (zarr-python's create-if-absent), symlinks.  IN_DELETE / IN_MOVED_FROM:
-# chunks deleted when overwritten with the fill value, or on shrink.
+# chunks deleted when overwritten with the fill value, or on shrink.  IN_ATTRIB:
+# a new mtime alone (utime after an in-place write, `cp -p`) is a new version.
 WATCH_MASK = (
     F.CREATE
     | F.MOVED_TO
     | F.CLOSE_WRITE
     | F.DELETE
     | F.MOVED_FROM
+    | F.ATTRIB
     | F.DELETE_SELF
     | F.MOVE_SELF
     | F.ONLYDIR

@@ -37,6 +37,12 @@ def start(cmd: list[str], **kw) -> subprocess.Popen:
 
 
 @pytest.fixture(autouse=True)
+def _private_state_dir(tmp_path_factory, monkeypatch):
+    """Each test has its own journal; nothing lands in the real user's state directory."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
+@pytest.fixture(autouse=True)
 def _no_leftover_processes():
     yield
     while _started:

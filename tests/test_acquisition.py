@@ -37,6 +37,7 @@ def sim_args(spec: SimulationSpec) -> list[str]:
         "--grow" if spec.grow else "--no-grow",
         "--delete-chunk" if spec.delete_chunk else "--no-delete-chunk",
         "--complete" if spec.complete else "--no-complete",
+        "--compress" if spec.compress else "--no-compress",
     ]  # fmt: skip
     return [str(a) for a in args]
 
@@ -327,3 +328,46 @@ def test_a_file_that_fails_for_good_ends_the_target_failed(tmp_path: Path) -> No
     assert "failed: sub/data" in result.stdout
     assert list(elsewhere.iterdir()) == []
     assert not (dst / "complete").exists()
+
+
+def test_a_new_mtime_alone_is_a_new_version(tmp_path: Path) -> None:
+    """Regression: a change of mtime alone (`cp -p`, `touch`) raises only IN_ATTRIB,
+    which was not watched: the destination kept the old mtime until a scan."""
+    src, dst = tmp_path / "src.zarr", tmp_path / "dst.zarr"
+    simulate(src, replace(SMALL, complete=False))
+    copier = start_softcopy("copy", src, dst, "--settle", "600", "--scan-interval", "600")
+    log = src / "acquisition.log"
+    log.write_text("stage moved\n")
+    wait_for(lambda: tree_files(dst) == tree_files(src), what="the initial copy", proc=copier)
+    os.utime(log, ns=(1_000_000_000, 1_000_000_000))
+    wait_for(
+        lambda: (dst / "acquisition.log").stat().st_mtime_ns == 1_000_000_000,
+        what="the log's new mtime",
+        proc=copier,
+    )
+    (src / "complete").touch()
+    rc, _, err = finish(copier)
+    assert rc == 0, err
+    assert_same_tree(src, dst)
+
+
+def test_a_copier_seeing_a_newer_version_than_the_ledger_settles(tmp_path: Path) -> None:
+    """Regression: when the copier copied a version the supervisor never observed, the
+    key was re-queued forever (174,000 copies of one file in a test run)."""
+    from softcopy.config import make_target
+    from softcopy.scan import stat_key
+    from softcopy.supervisor import Supervisor
+    from softcopy.transfer import COPIED, Outcome
+
+    src = tmp_path / "src.zarr"
+    simulate(src, SMALL)
+    sup = Supervisor(make_target(src, tmp_path / "dst.zarr", {}, "test"))
+    (src / "notes.txt").write_text("v1")
+    sup.ledger.observe("notes.txt", stat_key(str(src), "notes.txt"))
+    assert sup.ledger.take(5) == ["notes.txt"]
+    os.utime(src / "notes.txt", ns=(5, 5))  # changed behind the supervisor's back
+    newer = stat_key(str(src), "notes.txt")
+    sup._apply([Outcome("notes.txt", COPIED, newer, 2)], [])
+    assert sup.ledger.source("notes.txt") == newer
+    assert not sup.ledger.needs_work("notes.txt")
+    assert sup.ledger.take(5) == []

@@ -362,7 +362,7 @@ def test_an_unreadable_source_file_is_named_and_exits_1(shared_dir: Path) -> Non
     with open(out, "w") as fout, open(err, "w") as ferr:
         proc = subprocess.Popen(
             [*as_nobody(), python, *softcopy_cmd("run", targets)[1:]],
-            env=nobody_env(),
+            env={**nobody_env(), "XDG_STATE_HOME": str(shared_dir / "state")},
             stdout=fout,
             stderr=ferr,
             cwd=shared_dir,
