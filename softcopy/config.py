@@ -70,7 +70,7 @@ def parse_options(options: dict[str, Any], where: str) -> dict[str, Any]:
         elif name in ("wait_for_source", "fsync", "hash"):
             if not isinstance(value, bool):
                 raise ConfigError(here, "read option", f"{value!r} is not true or false")
-        elif name == "state_dir":
+        elif name == "state_dir" and value is not None:
             if not isinstance(value, str | os.PathLike) or not str(value):
                 raise ConfigError(here, "read option", f"{value!r} is not a directory path")
             value = Path(os.path.abspath(os.path.expanduser(value)))
