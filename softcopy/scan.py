@@ -61,8 +61,9 @@ def walk(
     Directories are reported to `on_dir` before their entries are listed, so a
     caller that adds an inotify watch there sees every later change: watch first,
     then list, and nothing falls between the two. Links are never followed. A
-    directory that vanishes while we walk is skipped: the writer deleted it. One
-    that cannot be listed (permissions) goes to `on_error`, or raises without it.
+    directory that vanishes while we walk is skipped: the writer deleted it. A
+    directory that cannot be listed (permissions) or a file that cannot be
+    examined (I/O errors) goes to `on_error`, or raises without it.
     """
     stack = [rel]
     while stack:
@@ -89,9 +90,17 @@ def walk(
                 if is_temporary(entry.name):
                     yield key, None, True
                     continue
-                yield key, entry.stat(follow_symlinks=False), False
+                st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
+            except OSError as exc:
+                # One file that cannot be examined (EIO, ENOTCONN on a network
+                # mount) is that file's problem, not the whole scan's.
+                if on_error is None:
+                    raise
+                on_error(key, exc)
+                continue
+            yield key, st, False
 
 
 def scan_tree(root: str, rel: str = "", on_dir: Callable[[str], None] | None = None) -> ScanResult:
@@ -120,7 +129,10 @@ def scan_tree(root: str, rel: str = "", on_dir: Callable[[str], None] | None = N
 
 
 def stat_key(root: str, key: str) -> Version | None:
-    """The current version of one file, or None when it is gone (or is a directory)."""
+    """The current version of one file, or None when it is gone (or is a directory).
+
+    Any other error (EIO, ENOTCONN) raises: "cannot tell" is not "deleted".
+    """
     try:
         st = os.lstat(os.path.join(root, key))
     except (FileNotFoundError, NotADirectoryError):

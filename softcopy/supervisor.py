@@ -35,6 +35,9 @@ from .watch import TreeWatcher
 log = logging.getLogger(__name__)
 
 _PROGRESS_EVERY = 10.0
+_ARRAY_METADATA = ("zarr.json", ".zarray")
+# A file that exists but cannot be stat'ed: no real file has inode 0.
+_UNKNOWN_VERSION = Version(0, 0, 0)
 # Seconds between journal checkpoints (a syncfs of the destination, then one
 # SQLite transaction): the most a crash can make a resumed run compare again.
 _CHECKPOINT_EVERY = 2.0
@@ -368,9 +371,14 @@ class Supervisor:
     def _note_unreadable(self, result: ScanResult) -> None:
         """A directory we cannot list is a failure of this target, named, not a crash."""
         for key, exc in result.errors:
+            if not os.path.isdir(os.path.join(self.src, key)):
+                # A file we cannot stat goes to a copier like any other, so it gets the
+                # same retries, back-off and final failure as an error while copying.
+                self._observe(key, _UNKNOWN_VERSION)
+                continue
             error = f"cannot list directory: {os.strerror(exc.errno or 0)}"
             if key not in self._said_unreadable:  # once per run, not once per scan
-                log.error("%s: %s/: %s", self.src, key, error)
+                log.error("%s: %s/: %s; the next scan tries again", self.src, key, error)
                 self._said_unreadable.add(key)
             self.unreadable[key + "/"] = error
 
@@ -390,18 +398,24 @@ class Supervisor:
                 continue
             changed += self._observe(key, version)
         for key in result.links:
-            changed += self._observe(key, stat_key(self.src, key))
+            changed += self._look(key)
         self.summary.files_at_source = len(result.files) + len(result.links)
         return changed
 
     def _look(self, key: str) -> int:
+        """Stat one key and record what it is now; an error leaves our view as it was."""
         name = os.path.basename(key)
+        try:
+            version = stat_key(self.src, key)
+        except OSError as exc:
+            log.debug("%s: %s: cannot stat (%s); the next scan looks again", self.src, key, exc)
+            return 0
         if key == self.cfg.complete_marker:
-            self.marker_present = stat_key(self.src, key) is not None
+            self.marker_present = version is not None
             return 0
         if metadata_kind(name):
             self._refresh_node(os.path.dirname(key), strict=False)
-        return self._observe(key, stat_key(self.src, key))
+        return self._observe(key, version)
 
     def _observe(self, key: str, version: Version | None) -> int:
         if not self.ledger.observe(key, version):
@@ -424,7 +438,10 @@ class Supervisor:
                 raise
             # Mid-acquisition a hand-written metadata file may be caught half-written;
             # keep the last good layout and say so once per version.
-            seen = tuple(stat_key(self.src, os.path.join(rel, n)) for n in ("zarr.json", ".zarray"))
+            try:
+                seen = tuple(stat_key(self.src, os.path.join(rel, n)) for n in _ARRAY_METADATA)
+            except OSError:
+                seen = ()
             if self.bad_metadata.get(rel) != seen:
                 log.warning("%s: %s; keeping the previous layout", self.src, exc)
                 self.bad_metadata[rel] = seen
@@ -494,17 +511,17 @@ class Supervisor:
                 if self.ledger.source(o.key) != o.version:
                     # The copier saw a version we never observed (e.g. a change of mtime
                     # alone, or an event lost): look again rather than trust either.
-                    self._observe(o.key, stat_key(self.src, o.key))
+                    self._look(o.key)
                 if self.ledger.needs_work(o.key):
                     self.ledger.requeue(o.key)  # the source moved on meanwhile
             elif o.status == DELETED:
                 self.ledger.set_copied(o.key, None)
                 self._unsynced_deleted.append(o.key)
-                self._observe(o.key, stat_key(self.src, o.key))
+                self._look(o.key)
                 self.summary.files_deleted += 1
             elif o.status == CHANGED:
                 self.ledger.set_inflight(o.key, False)
-                self._observe(o.key, stat_key(self.src, o.key))
+                self._look(o.key)
                 self.ledger.requeue(o.key)
             elif o.status == FAILED:
                 self.ledger.set_inflight(o.key, False)

@@ -103,8 +103,9 @@ def compare_trees(
     findings = result.findings
     for key in sorted(dst.temporary):
         findings.append(Finding("leftover", key))
-    for key, exc in dst.errors:
-        findings.append(Finding("unreadable", key, os.strerror(exc.errno or 0)))
+    for side, scan in (("source", src), ("destination", dst)):
+        for key, exc in scan.errors:
+            findings.append(Finding("unreadable", key, f"{side}: {os.strerror(exc.errno or 0)}"))
     src_keys = (src.files.keys() | src.links) - ignore
     dst_keys = (dst.files.keys() | dst.links) - ignore
     findings += [Finding("missing", k) for k in sorted(src_keys - dst_keys)]

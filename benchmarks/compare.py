@@ -1,0 +1,94 @@
+"""softcopy against `cp -r` and `rsync -a` on the same archives, in one run.
+
+Two archives written by the simulator (tensorstore, zarr v3, uncompressed):
+"small": ~20,000 chunk files of 64 KiB; "large": 100 shards... files of 16 MiB.
+Each tool copies each archive into a fresh destination, followed by `sync`,
+alternating tools within a round so that machine noise spreads evenly; medians
+of the rounds and ratios to `cp -r` are printed. On a machine whose disk is
+backed by the host's cache this measures per-file CPU and syscall cost, which
+is what dominates small chunks.
+
+    python benchmarks/compare.py [--rounds 3] [--nprocs 2] [--small-files 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SOFTCOPY = [sys.executable, "-m", "softcopy"]
+
+
+def build(path: Path, kind: str, small_files: int) -> None:
+    if kind == "small":
+        # (t, 16, 128, 256) uint16 with one (128, 256) chunk per z: 64 KiB per file
+        timepoints, shape, chunks = max(1, small_files // 16), "16,128,256", "1,128,256"
+    else:
+        # (t, 1, 2048, 4096) uint16, one chunk per timepoint: 16 MiB per file
+        timepoints, shape, chunks = 100, "1,2048,4096", "1,2048,4096"
+    subprocess.run(
+        [*SOFTCOPY, "simulate", str(path), "--timepoints", str(timepoints), "--interval", "0",
+         "--shape", shape, "--chunks", chunks, "--no-compress"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    subprocess.run(["sync"], check=True)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--nprocs", type=int, default=2)
+    parser.add_argument("--small-files", type=int, default=20000)
+    parser.add_argument("--only", choices=["small", "large"])
+    parser.add_argument("--extra", default="", help="more softcopy options, e.g. '--hash'")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="softcopy-compare-"))
+    env = {**os.environ, "XDG_STATE_HOME": str(base / "state")}
+    try:
+        for kind in [args.only] if args.only else ["small", "large"]:
+            src = base / f"{kind}.zarr"
+            build(src, kind, args.small_files)
+            files = [p for p in src.rglob("*") if p.is_file()]
+            size = sum(p.stat().st_size for p in files)
+            print(f"\n{kind}: {len(files)} files, {size / 1e6:.0f} MB")
+            tools = {
+                "softcopy": lambda d, s=src: [*SOFTCOPY, "copy", str(s), str(d), "--nprocs",
+                                              str(args.nprocs), *args.extra.split()],
+                "cp -r": lambda d, s=src: ["cp", "-r", str(s), str(d)],
+                "rsync -a": lambda d, s=src: ["rsync", "-a", f"{s}/", str(d)],
+            }  # fmt: skip
+            times: dict[str, list[float]] = {name: [] for name in tools}
+            for i in range(args.rounds):
+                for name, cmd in tools.items():
+                    dst = base / f"out-{i}-{name.split()[0]}"
+                    times[name].append(timed(cmd(dst), env))
+                    shutil.rmtree(dst)
+                    shutil.rmtree(f"{dst}.softcopy", ignore_errors=True)
+            cp = statistics.median(times["cp -r"])
+            for name, runs in times.items():
+                med = statistics.median(runs)
+                print(
+                    f"  {name:9s} median {med:6.2f} s  {size / med / 1e6:7.0f} MB/s  "
+                    f"{len(files) / med:8.0f} files/s  x{med / cp:4.2f} of cp -r  "
+                    f"runs {[round(r, 2) for r in runs]}"
+                )
+            shutil.rmtree(src)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
