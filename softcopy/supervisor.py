@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import wait
@@ -34,7 +35,8 @@ from .watch import TreeWatcher
 
 log = logging.getLogger(__name__)
 
-_PROGRESS_EVERY = 10.0
+_PROGRESS_EVERY = 1.0
+_LOG_EVERY = 10.0
 _ARRAY_METADATA = ("zarr.json", ".zarray")
 # A file that exists but cannot be stat'ed: no real file has inode 0.
 _UNKNOWN_VERSION = Version(0, 0, 0)
@@ -108,9 +110,15 @@ def sidecar_dir(destination: Path) -> Path:
 
 
 class Supervisor:
-    def __init__(self, cfg: TargetConfig, stop: StopSignal | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TargetConfig,
+        stop: StopSignal | None = None,
+        events: Callable[[dict], None] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.stop = stop or StopSignal()
+        self.events = events
         self.src = str(cfg.source)
         self.dst = str(cfg.destination)
         self.summary = Summary(self.src, self.dst)
@@ -132,13 +140,17 @@ class Supervisor:
         self.bad_metadata: dict[str, tuple[Version | None, ...]] = {}
         self._lock_fd: int | None = None
         self._last_progress = time.monotonic()
+        self._last_log = time.monotonic()
+        self._bytes_at_last_progress = 0
+        # Copy lag: seconds from a change seen at the source to its copy published.
+        self._observed_at: dict[str, float] = {}
+        self._lags: list[float] = []
         self._settle_checked = 0.0
         self._changes_seen = False
         self.journal: Journal | None = None
         self._unsynced: list[tuple[str, Version, str]] = []  # copied, not yet flushed+recorded
         self._unsynced_deleted: list[str] = []
         self._last_checkpoint = time.monotonic()
-        self._pending_counted = 0.0
         self._pending = (0, 0)
         self.longest_pause = 0.0  # between two changes at the source
 
@@ -198,6 +210,15 @@ class Supervisor:
         self.summary.state = state
         if self.journal is not None:
             self.journal.set_state(state, self.summary.reason, error)
+        self._emit("state", state=state, reason=self.summary.reason, error=error)
+
+    def _emit(self, event: str, **fields: object) -> None:
+        """Hand one event to the reporter (progress display, JSON lines); never prints."""
+        if self.events is not None:
+            self.events(
+                {"event": event, "time": time.time(), "source": self.src, "destination": self.dst}
+                | fields
+            )
 
     def _interrupted(self) -> None:
         self.summary.error = (
@@ -425,6 +446,10 @@ class Supervisor:
             self.longest_pause = max(self.longest_pause, now - self.last_change)
         self._changes_seen = True
         self.last_change = now
+        if self.pool is not None and version is not None:
+            # Only live changes: the backlog of the first scan is not lag. Bounded by
+            # what is pending, which during acquisition is small.
+            self._observed_at.setdefault(key, now)
         if key in self.failed:  # a new version deserves a new chance
             del self.failed[key]
             self.attempts.pop(key, None)
@@ -503,6 +528,9 @@ class Supervisor:
                 self.attempts.pop(o.key, None)
                 assert o.version is not None
                 self._unsynced.append((o.key, o.version, o.digest))
+                seen = self._observed_at.pop(o.key, None)
+                if seen is not None:
+                    self._lags.append(time.monotonic() - seen)
                 if o.status == COPIED:
                     self.summary.files_copied += 1
                     self.summary.bytes_copied += o.nbytes
@@ -585,6 +613,7 @@ class Supervisor:
         else:
             log.error("%s: %s: %s; giving up after %d attempts", self.src, key, error, attempts)
             self.failed[key] = error
+            self._emit("file_failed", key=key, error=error, attempts=attempts)
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -661,9 +690,6 @@ class Supervisor:
             return
         if self._unsynced or self._unsynced_deleted:
             _syncfs(self.dst)
-        if time.monotonic() - self._pending_counted >= _PROGRESS_EVERY:
-            self._pending = self.ledger.pending_totals()
-            self._pending_counted = time.monotonic()
         self.journal.checkpoint(
             self._unsynced,
             self._unsynced_deleted,
@@ -679,15 +705,41 @@ class Supervisor:
         self._unsynced_deleted = []
 
     def _report_progress(self) -> None:
-        self._last_progress = time.monotonic()
+        """A progress event every second; a log line every ten when nobody listens."""
+        now = time.monotonic()
+        elapsed = max(now - self._last_progress, 1e-9)
+        self._last_progress = now
+        self._pending = self.ledger.pending_totals()  # also what checkpoints record
         present, expected = self.ledger.expected_counts()
+        rate = (self.summary.bytes_copied - self._bytes_at_last_progress) / elapsed
+        self._bytes_at_last_progress = self.summary.bytes_copied
+        lags = sorted(self._lags)
+        self._lags.clear()
+        self._emit(
+            "progress",
+            state=self.summary.state,
+            files_copied=self.summary.files_copied,
+            bytes_copied=self.summary.bytes_copied,
+            files_deleted=self.summary.files_deleted,
+            files_pending=self._pending[0],
+            bytes_pending=self._pending[1],
+            chunks_present=present,
+            chunks_expected=expected,
+            rate=rate,
+            lag_p50=lags[len(lags) // 2] if lags else None,
+            lag_max=lags[-1] if lags else None,
+            failures=len(self.failed) + len(self.unreadable),
+        )
+        if self.events is not None or now - self._last_log < _LOG_EVERY:
+            return
+        self._last_log = now
         log.info(
             "%s: %s; %d files copied (%s), %d pending, %d chunk files of %d expected present",
             self.src,
             self.summary.state,
             self.summary.files_copied,
             human_bytes(self.summary.bytes_copied),
-            self.ledger.pending_count(),
+            self._pending[0],
             present,
             expected,
         )
@@ -711,6 +763,8 @@ class Supervisor:
         )
         findings = verification.findings
         self.summary.findings = findings
+        for finding in findings:
+            self._emit("finding", **finding.as_dict())
         self.summary.failures = {**self.failed, **self.unreadable}
         self.summary.files_at_source = len(
             (source_scan.files.keys() | source_scan.links) - {marker}
@@ -863,5 +917,13 @@ def _syncfs(path: str) -> None:
         os.close(fd)
 
 
-def copy_target(cfg: TargetConfig, stop: StopSignal | None = None) -> Summary:
-    return Supervisor(cfg, stop).run()
+def copy_target(
+    cfg: TargetConfig,
+    stop: StopSignal | None = None,
+    events: Callable[[dict], None] | None = None,
+) -> Summary:
+    supervisor = Supervisor(cfg, stop, events)
+    try:
+        return supervisor.run()
+    finally:
+        supervisor._emit("summary", **supervisor.summary.as_dict())
