@@ -29,6 +29,7 @@ class TargetConfig:
     max_attempts: int = 5
     batch_size: int = 32
     state_dir: Path | None = None  # journal location; default $XDG_STATE_HOME/softcopy
+    dry_run: bool = False  # say what would be copied, re-copied and deleted; write nothing
 
     @property
     def name(self) -> str:
@@ -67,7 +68,7 @@ def parse_options(options: dict[str, Any], where: str) -> dict[str, Any]:
             _check_number(here, value, 0.1)
         elif name == "idle_timeout":
             _check_number(here, value, 0, allow_none=True)
-        elif name in ("wait_for_source", "fsync", "hash"):
+        elif name in ("wait_for_source", "fsync", "hash", "dry_run"):
             if not isinstance(value, bool):
                 raise ConfigError(here, "read option", f"{value!r} is not true or false")
         elif name == "state_dir" and value is not None:

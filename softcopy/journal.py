@@ -180,3 +180,29 @@ def read_status(state_dir: Path) -> list[dict]:
         return targets
     finally:
         db.close()
+
+
+def read_copied_files(
+    state_dir: Path, destination: str, source: str
+) -> dict[str, tuple[Version, str]]:
+    """What the journal says was copied to `destination`, opened read-only (for --dry-run)."""
+    path = state_dir / "journal.sqlite"
+    if not path.exists():
+        return {}
+    # immutable: not even SQLite's -shm and -wal files may appear. Rows still in a
+    # crashed run's WAL are not seen, which only turns "trust" into "compare".
+    db = sqlite3.connect(f"{path.as_uri()}?mode=ro&immutable=1", uri=True, timeout=30)
+    try:
+        row = db.execute(
+            "SELECT id FROM targets WHERE destination = ? AND source = ?", (destination, source)
+        ).fetchone()
+        if row is None:
+            return {}
+        rows = db.execute(
+            "SELECT key, size, mtime_ns, ino, digest FROM files WHERE target = ?", (row[0],)
+        )
+        return {k: (Version(s, m, i), d) for k, s, m, i, d in rows}
+    except sqlite3.Error:
+        return {}
+    finally:
+        db.close()

@@ -23,10 +23,11 @@ from . import __version__
 from .config import TargetConfig
 from .copier import CopierOptions, CopierPool
 from .errors import ConfigError, MetadataError, SoftcopyError, from_os_error
-from .journal import Journal, default_state_dir
+from .journal import Journal, default_state_dir, read_copied_files
 from .layout import ArrayLayout, metadata_kind, read_node
 from .ledger import Ledger
 from .manifest import CERTIFICATE, MANIFEST, write_certificate, write_manifest
+from .plan import COMPARE, COPY, DELETE, KEEP_EXTRA, TRUST, decide, plan_all
 from .scan import TEMP_PREFIX, ScanResult, Version, scan_tree, stat_key
 from .transfer import CHANGED, COPIED, DELETED, FAILED, SAME, DirCache, Outcome, copy_one
 from .units import human_bytes
@@ -82,12 +83,24 @@ class Summary:
     failures: dict[str, str] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     error: str = ""
+    plan: dict = field(default_factory=dict)  # --dry-run: what a run would do
 
     @property
     def ok(self) -> bool:
-        return self.state == "done"
+        return self.state == "done" or (self.state == "dry-run" and self.plan.get("fits", False))
 
     def line(self) -> str:
+        if self.state == "dry-run":
+            p = self.plan
+            return (
+                f"dry run: {self.source} -> {self.destination}: would copy "
+                f"{p['files_to_copy']} files ({human_bytes(p['bytes_to_copy'])}), of which "
+                f"{p['files_to_recopy']} replace a file of another size; compare "
+                f"{p['files_to_compare']}, trust {p['files_trusted']}, delete "
+                f"{p['files_to_delete']}, leave {p['extras_kept']} foreign; "
+                f"{human_bytes(p['free_bytes'])} free at {p['destination_mount']}: "
+                + ("fits" if p["fits"] else "DOES NOT FIT")
+            )
         rate = self.bytes_copied / self.seconds / 1e6 if self.seconds > 0 else 0.0
         checked = "verified" if self.ok else "at the source"
         return (
@@ -171,6 +184,8 @@ class Supervisor:
         return self.summary
 
     def _run(self) -> None:
+        if self.cfg.dry_run:
+            return self._dry_run()
         if not self.cfg.wait_for_source:
             problem = self._source_problem()  # bad input touches nothing, not even a lock
             if problem is not None:
@@ -205,6 +220,54 @@ class Supervisor:
         self._set_state("verifying")
         self._verify_and_finish()
         self._set_state(self.summary.state, self.summary.error)
+
+    def _dry_run(self) -> None:
+        """Everything a run would decide before copying, from read-only listings."""
+        problem = self._source_problem()
+        if problem is not None:
+            raise problem
+        marker = self.cfg.complete_marker
+        src = scan_tree(self.src)
+        here = {k: v for k, v in src.files.items() if k != marker}
+        dst_path = Path(self.dst)
+        existing = dst_path.is_dir()
+        there = {k: v for k, v in (scan_tree(self.dst).files if existing else {}).items()}
+        there.pop(marker, None)
+        previous = None
+        try:
+            previous = json.loads((sidecar_dir(dst_path) / "target.json").read_text())["source"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        owned = not (existing and any(dst_path.iterdir())) or previous == self.src
+        journaled = read_copied_files(self.cfg.state_dir or default_state_dir(), self.dst, self.src)
+        plan = plan_all(here, there, journaled, owned)
+        probe = dst_path
+        while not probe.exists():
+            probe = probe.parent
+        free_bytes, free_inodes = _free_space(str(probe))
+        needed = plan.bytes.get(COPY, 0)
+        self.summary.plan = {
+            "files_to_copy": plan.files.get(COPY, 0),
+            "bytes_to_copy": needed,
+            "files_to_compare": plan.files.get(COMPARE, 0),
+            "bytes_to_compare": plan.bytes.get(COMPARE, 0),
+            "files_trusted": plan.files.get(TRUST, 0),
+            "files_to_delete": plan.files.get(DELETE, 0),
+            "extras_kept": plan.files.get(KEEP_EXTRA, 0),
+            "free_bytes": free_bytes,
+            "free_inodes": free_inodes,
+            "destination_mount": _mount_point(str(probe)),
+            "fits": needed <= free_bytes
+            and (free_inodes is None or plan.files.get(COPY, 0) <= free_inodes),
+        }
+        # "re-copy": files at the destination that will be rewritten (other size)
+        self.summary.plan["files_to_recopy"] = sum(
+            1 for k, v in here.items() if k in there and there[k].size != v.size
+        )
+        self.summary.files_at_source = len(here) + len(src.links)
+        self.summary.bytes_at_source = sum(v.size for v in here.values())
+        self.summary.state = "dry-run"
+        self._emit("plan", **self.summary.plan)
 
     def _set_state(self, state: str, error: str = "") -> None:
         self.summary.state = state
@@ -343,18 +406,17 @@ class Supervisor:
             if os.path.basename(key).startswith(TEMP_PREFIX):
                 _unlink(os.path.join(self.dst, key))  # a crashed run's partial file
         for key, there in dst.files.items():
+            if key == self.cfg.complete_marker:
+                continue  # written last, after verification, whatever is there now
             here = self.ledger.source(key)
-            if here is None:
-                if self.owned and key != self.cfg.complete_marker:
-                    self.ledger.set_copied(key, there)  # extra: the copier deletes it
-                continue
-            record = journaled.get(key)
-            quick = here.size == there.size and here.mtime_ns == there.mtime_ns
-            if quick and record is not None and record[0] == here:
-                self.ledger.set_copied(key, here, record[1])
+            action = decide(here, there, journaled.get(key), self.owned)
+            if action == DELETE:
+                self.ledger.set_copied(key, there)  # the copier deletes it
+            elif action == TRUST:
+                self.ledger.set_copied(key, here, journaled[key][1])
                 self.summary.files_already_there += 1
-            elif here.size == there.size:
-                self.compare_first.add(key)  # compare before copying
+            elif action == COMPARE:
+                self.compare_first.add(key)
         for key in dst.links:
             here = self.ledger.source(key)
             if here is not None and _same_link(self.src, self.dst, key):

@@ -1,0 +1,64 @@
+"""What a run does with each file already in the destination: trust, compare, copy or delete.
+
+Pure decisions from three listings (source, destination, journal), shared by a
+real run's start and by `--dry-run`, which must say exactly what the run would do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .scan import Version
+
+TRUST = "trust"  # the journal says we copied this very source version; size and mtime agree
+COMPARE = "compare"  # same size, not vouched for: compare bytes before rewriting
+COPY = "copy"  # absent or a different size at the destination
+DELETE = "delete"  # only in the destination, and the destination is softcopy's own
+KEEP_EXTRA = "keep"  # only in a foreign destination: left alone, reported by verification
+
+
+def decide(
+    here: Version | None,
+    there: Version | None,
+    record: tuple[Version, str] | None,
+    owned: bool,
+) -> str | None:
+    """The action for one key; None when there is nothing to do (both sides absent)."""
+    if here is None:
+        if there is None:
+            return None
+        return DELETE if owned else KEEP_EXTRA
+    if there is None:
+        return COPY
+    quick = here.size == there.size and here.mtime_ns == there.mtime_ns
+    if quick and record is not None and record[0] == here:
+        return TRUST
+    return COMPARE if here.size == there.size else COPY
+
+
+@dataclass
+class Plan:
+    """Counts and bytes per action, for `--dry-run` and the preflight space check."""
+
+    files: dict[str, int] = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, action: str, size: int) -> None:
+        self.files[action] = self.files.get(action, 0) + 1
+        self.bytes[action] = self.bytes.get(action, 0) + size
+
+
+def plan_all(
+    source: Mapping[str, Version],
+    destination: Mapping[str, Version],
+    journaled: Mapping[str, tuple[Version, str]],
+    owned: bool,
+) -> Plan:
+    plan = Plan()
+    for key in source.keys() | destination.keys():
+        here, there = source.get(key), destination.get(key)
+        action = decide(here, there, journaled.get(key), owned)
+        if action is not None:
+            plan.add(action, (here or there or Version(0, 0, 0)).size)
+    return plan
