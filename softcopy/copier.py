@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
-from .transfer import DirCache, Outcome, copy_one
+from .throttle import RateLimit
+from .transfer import DirCache, Outcome, clear_umask, copy_one
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ class CopierOptions:
     digest: bool = False
     nice: int = 19
     idle_io: bool = True
+    # (state file, bytes/s) of every rate limit this copier obeys: its target's
+    # --max-rate and a run-wide one; all copiers sharing a file share its rate.
+    rate_limits: tuple[tuple[str, float], ...] = ()
 
 
 # ---- the child side ------------------------------------------------------------------
@@ -64,6 +68,18 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+class _Throttle:
+    """Every rate limit at once; `rate` (the slowest) tells the copy loop its slice size."""
+
+    def __init__(self, limits: tuple[tuple[str, float], ...]) -> None:
+        self.limits = [RateLimit(path, rate) for path, rate in limits]
+        self.rate = min(rate for _, rate in limits)
+
+    def __call__(self, nbytes: int) -> None:
+        for limit in self.limits:
+            limit.acquire(nbytes)
+
+
 def child_main(fd: int, parent_pid: int, options: CopierOptions) -> None:
     _die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group; the supervisor decides what it means.
@@ -78,6 +94,8 @@ def child_main(fd: int, parent_pid: int, options: CopierOptions) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     _lower_priority(options)
+    clear_umask()
+    throttle = _Throttle(options.rate_limits) if options.rate_limits else None
     conn = Connection(fd)
     dirs = DirCache(options.destination)
     while not stopping:
@@ -95,7 +113,13 @@ def child_main(fd: int, parent_pid: int, options: CopierOptions) -> None:
                     break
                 outcomes.append(
                     copy_one(
-                        options.source, dirs, key, compare_first, options.fsync, options.digest
+                        options.source,
+                        dirs,
+                        key,
+                        compare_first,
+                        options.fsync,
+                        options.digest,
+                        throttle,
                     )
                 )
                 if options.sleep_time > 0 and not stopping:
@@ -242,4 +266,6 @@ def _send_quietly(conn: Connection, message: object) -> None:
 
 if __name__ == "__main__":
     _fd, _parent, _payload = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    child_main(_fd, _parent, CopierOptions(**json.loads(_payload)))
+    _options = json.loads(_payload)
+    _options["rate_limits"] = tuple(tuple(x) for x in _options.get("rate_limits", ()))
+    child_main(_fd, _parent, CopierOptions(**_options))

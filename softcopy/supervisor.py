@@ -28,7 +28,9 @@ from .layout import ArrayLayout, metadata_kind, read_node
 from .ledger import Ledger
 from .manifest import CERTIFICATE, MANIFEST, write_certificate, write_manifest
 from .plan import COMPARE, COPY, DELETE, KEEP_EXTRA, TRUST, decide, plan_all
+from .pressure import DiskPressure
 from .scan import TEMP_PREFIX, ScanResult, Version, scan_tree, stat_key
+from .throttle import create_bucket
 from .transfer import CHANGED, COPIED, DELETED, FAILED, SAME, DirCache, Outcome, copy_one
 from .units import human_bytes
 from .verify import Finding, Verification, compare_trees
@@ -128,10 +130,15 @@ class Supervisor:
         cfg: TargetConfig,
         stop: StopSignal | None = None,
         events: Callable[[dict], None] | None = None,
+        run_rate: tuple[str, float] | None = None,
     ) -> None:
         self.cfg = cfg
         self.stop = stop or StopSignal()
         self.events = events
+        self.run_rate = run_rate  # a --max-rate shared with every other target of the run
+        self._rate_file: str | None = None
+        self.pressure: DiskPressure | None = None
+        self.paused = False
         self.src = str(cfg.source)
         self.dst = str(cfg.destination)
         self.summary = Summary(self.src, self.dst)
@@ -197,17 +204,30 @@ class Supervisor:
             return self._interrupted()
         self._prepare_destination()
         self._set_state("copying")
+        if self.cfg.backoff:
+            # The first sample's interval spans the scan: known before any file is copied.
+            self.pressure = DiskPressure(self.src, busy_utilisation=self.cfg.busy_utilisation)
         self.watcher = TreeWatcher(self.src)
         self.full_scan(initial=True)
         self._match_destination()
         self._preflight_space()
+        limits = [self.run_rate] if self.run_rate else []
+        if self.cfg.max_rate:
+            self._rate_file = create_bucket()
+            limits.append((self._rate_file, self.cfg.max_rate))
         self.pool = CopierPool(
             self.cfg.nprocs,
             CopierOptions(
-                self.src, self.dst, self.cfg.sleep_time, self.cfg.fsync, digest=self.cfg.hash
+                self.src,
+                self.dst,
+                self.cfg.sleep_time,
+                self.cfg.fsync,
+                digest=self.cfg.hash,
+                rate_limits=tuple(limits),
             ),
         )
         log.info("%s: copying to %s with %d copiers", self.src, self.dst, self.cfg.nprocs)
+        self._check_pressure()
         reason = self._loop(finishing=False)
         if reason is None:
             return self._interrupted()
@@ -559,7 +579,7 @@ class Supervisor:
     def _dispatch(self) -> None:
         assert self.pool is not None
         idle = self.pool.idle()
-        if not idle:
+        if not idle or self.paused:
             return
         now = time.monotonic()
         for key in [k for k, t in self.deferred.items() if t <= now]:
@@ -707,6 +727,7 @@ class Supervisor:
             if now - self._last_checkpoint >= _CHECKPOINT_EVERY or len(self._unsynced) > 2000:
                 self._checkpoint()
             if now - self._last_progress >= _PROGRESS_EVERY:
+                self._check_pressure()
                 self._report_progress()
 
     def _finished(self, now: float) -> str:
@@ -744,6 +765,24 @@ class Supervisor:
         """Keys that still need work and may still get it (not given up on)."""
         given_up = sum(1 for key in self.failed if self.ledger.needs_work(key))
         return self.ledger.pending_count() - given_up
+
+    def _check_pressure(self) -> None:
+        """The acquisition comes first: no new work while the source disk is busy."""
+        if self.pressure is None:
+            return
+        self.pressure.update()
+        if not self.paused and self.pressure.busy():
+            self.paused = True
+            log.warning(
+                "%s: source disk busy (%s); pausing copiers", self.src, self.pressure.describe()
+            )
+            self._emit("paused", reason=self.pressure.describe())
+        elif self.paused and self.pressure.quiet():
+            self.paused = False
+            log.info(
+                "%s: source disk quiet again (%s); resuming", self.src, self.pressure.describe()
+            )
+            self._emit("resumed", reason=self.pressure.describe())
 
     def _checkpoint(self) -> None:
         """Flush the destination, then record what the flush made durable."""
@@ -913,6 +952,9 @@ class Supervisor:
         if self.watcher is not None:
             self.watcher.close()
             self.watcher = None
+        if self._rate_file is not None:
+            _unlink(self._rate_file)
+            self._rate_file = None
         if self.journal is not None:
             try:
                 self._checkpoint()
@@ -983,8 +1025,9 @@ def copy_target(
     cfg: TargetConfig,
     stop: StopSignal | None = None,
     events: Callable[[dict], None] | None = None,
+    run_rate: tuple[str, float] | None = None,
 ) -> Summary:
-    supervisor = Supervisor(cfg, stop, events)
+    supervisor = Supervisor(cfg, stop, events, run_rate)
     try:
         return supervisor.run()
     finally:

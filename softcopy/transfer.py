@@ -11,12 +11,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from blake3 import blake3
 
 from .hashing import new_hasher
 from .scan import TEMP_PREFIX, Version, version_of
+from .throttle import slice_size
 
 # Results a copier reports for one key.
 COPIED = "copied"  # destination now holds `version`
@@ -49,6 +51,13 @@ class DirCache:
     def __init__(self, root: str) -> None:
         self.root = root
         self._fds: dict[str, int] = {}
+        self._device: int | None = None
+
+    def device(self) -> int:
+        """st_dev of the destination root (asked once per batch)."""
+        if self._device is None:
+            self._device = os.fstat(self.open("", create=False)).st_dev
+        return self._device
 
     def open(self, rel_dir: str, create: bool) -> int:
         fd = self._fds.get(rel_dir)
@@ -77,6 +86,7 @@ class DirCache:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self._device = None
 
 
 def temp_name(name: str) -> str:
@@ -85,12 +95,40 @@ def temp_name(name: str) -> str:
     return TEMP_PREFIX + name
 
 
-def _kernel_copy(fd_in: int, fd_out: int, size: int) -> int:
+# (source device, destination device) pairs where copy_file_range gave EXDEV or
+# similar: across filesystems it always will, so ask once, not once per file.
+_NO_CFR: set[tuple[int, int]] = set()
+# Copier processes clear their umask, so a file is created with its final mode
+# and needs no fchmod; anywhere else (tests, the marker) the mode is set after.
+_EXACT_MODES = False
+
+
+def clear_umask() -> None:
+    global _EXACT_MODES
+    os.umask(0)
+    _EXACT_MODES = True
+
+
+Throttle = Callable[[int], None]
+
+
+def slice_bytes(throttle: Throttle) -> int:
+    """How much to ask a throttle for at once (its rate, if it tells)."""
+    rate = getattr(throttle, "rate", None)
+    return slice_size(rate) if rate else 1 << 20
+
+
+def _kernel_copy(
+    fd_in: int, fd_out: int, size: int, devices: tuple[int, int], throttle: Throttle | None
+) -> int:
     """Copy up to `size` bytes; returns bytes copied (less when the source shrank)."""
     done = 0
-    use_cfr = True
+    use_cfr = devices not in _NO_CFR
+    step = slice_bytes(throttle) if throttle else 1 << 30
     while done < size:
-        want = min(size - done, 1 << 30)
+        want = min(size - done, step)
+        if throttle:
+            throttle(want)
         if use_cfr:
             try:
                 n = os.copy_file_range(fd_in, fd_out, want, done, done)
@@ -98,6 +136,9 @@ def _kernel_copy(fd_in: int, fd_out: int, size: int) -> int:
                 if exc.errno not in _KERNEL_COPY_FALLBACK:
                     raise
                 use_cfr = False  # across filesystems: EXDEV; sendfile works there
+                _NO_CFR.add(devices)
+                # sendfile writes at fd_out's own offset; copy_file_range left it at 0.
+                os.lseek(fd_out, done, os.SEEK_SET)
                 continue
         else:
             n = os.sendfile(fd_out, fd_in, done, want)
@@ -109,9 +150,6 @@ def _kernel_copy(fd_in: int, fd_out: int, size: int) -> int:
         # direct_io mode takes the first short read for the end of the file, and returns
         # 0 from then on. Finish through userspace; a real end of file still ends it.
         done = _pread_copy(fd_in, fd_out, done, size)
-    # sendfile writes at the file offset, copy_file_range and pwrite at explicit
-    # offsets; keep the destination offset honest for anything that follows.
-    os.lseek(fd_out, done, os.SEEK_SET)
     return done
 
 
@@ -129,12 +167,14 @@ def _pread_copy(fd_in: int, fd_out: int, offset: int, size: int) -> int:
     return offset
 
 
-def _hashing_copy(fd_in: int, fd_out: int, size: int) -> tuple[int, str]:
+def _hashing_copy(fd_in: int, fd_out: int, size: int, throttle: Throttle | None) -> tuple[int, str]:
     """Read once, hash what was read, write it: the digest is of the bytes copied."""
     hasher = new_hasher(size)
     done = 0
-    block = min(max(size, 1), _COPY_BLOCK)
+    block = min(max(size, 1), _COPY_BLOCK, slice_bytes(throttle) if throttle else _COPY_BLOCK)
     while done < size:
+        if throttle:
+            throttle(min(block, size - done))
         data = os.pread(fd_in, min(block, size - done), done)
         if not data:
             break
@@ -166,6 +206,7 @@ def copy_one(
     compare_first: bool = False,
     fsync: bool = False,
     digest: bool = False,
+    throttle: Throttle | None = None,
 ) -> Outcome:
     """Bring the destination's `key` up to the source's current version, or report why not.
 
@@ -190,7 +231,9 @@ def copy_one(
             return _copy_link(src_path, dst_dirs, key, rel_dir, name, st)
         if not stat.S_ISREG(st.st_mode):
             return Outcome(key, FAILED, error="not a regular file", errno=errno.EINVAL)
-        return _copy_file(src_path, dst_dirs, key, rel_dir, name, compare_first, fsync, digest)
+        return _copy_file(
+            src_path, dst_dirs, key, rel_dir, name, compare_first, fsync, digest, throttle
+        )
     except OSError as exc:
         return Outcome(key, FAILED, error=_describe(exc, key), errno=exc.errno or 0)
 
@@ -227,6 +270,7 @@ def _copy_file(
     compare_first: bool,
     fsync: bool,
     digest: bool,
+    throttle: Throttle | None,
 ) -> Outcome:
     try:
         fd_in = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -243,16 +287,16 @@ def _copy_file(
             if _matches_existing(fd_in, dfd, name, st, hasher):
                 return Outcome(key, SAME, version, digest=hasher.hexdigest() if hasher else "")
         tmp = temp_name(name)
-        fd_out = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-            dir_fd=dfd,
-        )  # fmt: skip
+        fd_out = _create_temp(tmp, dfd, stat.S_IMODE(st.st_mode) if _EXACT_MODES else 0o600)
         try:
             if digest:
-                copied, hexdigest = _hashing_copy(fd_in, fd_out, st.st_size)
+                copied, hexdigest = _hashing_copy(fd_in, fd_out, st.st_size, throttle)
             else:
-                copied, hexdigest = _kernel_copy(fd_in, fd_out, st.st_size), ""
-            os.fchmod(fd_out, stat.S_IMODE(st.st_mode))
+                devices = (st.st_dev, dst_dirs.device())
+                copied = _kernel_copy(fd_in, fd_out, st.st_size, devices, throttle)
+                hexdigest = ""
+            if not _EXACT_MODES:
+                os.fchmod(fd_out, stat.S_IMODE(st.st_mode))
             os.utime(fd_out, ns=(st.st_atime_ns, st.st_mtime_ns))
             if fsync:
                 os.fsync(fd_out)
@@ -264,7 +308,7 @@ def _copy_file(
             now = version_of(os.lstat(src_path))
         except FileNotFoundError:
             now = None
-        if version_of(os.fstat(fd_in)) != version or now != version:
+        if now != version:
             _unlink_quietly(tmp, dfd)
             return Outcome(key, CHANGED)
         if copied != st.st_size:
@@ -282,6 +326,16 @@ def _copy_file(
         raise
     finally:
         os.close(fd_in)
+
+
+def _create_temp(tmp: str, dfd: int, mode: int) -> int:
+    """Create the temporary file afresh (O_EXCL): a stale one from a crash would keep its mode."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(tmp, flags, mode, dir_fd=dfd)
+    except FileExistsError:
+        os.unlink(tmp, dir_fd=dfd)
+        return os.open(tmp, flags, mode, dir_fd=dfd)
 
 
 def _matches_existing(

@@ -1,4 +1,4 @@
-"""Human-readable sizes for messages."""
+"""Human-readable sizes for messages, and rates as users write them ("200M")."""
 
 from __future__ import annotations
 
@@ -10,3 +10,29 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} PB"
+
+
+_RATE_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
+
+
+def parse_rate(text: object) -> float:
+    """Bytes per second from 200M, 1.5G, 800k, 100Mi, 200MB/s or a plain number.
+
+    Decimal units (M = 10^6) as disks and networks are sold; Ki/Mi/Gi are binary.
+    Raises ValueError naming the text.
+    """
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        value = float(text)
+    elif isinstance(text, str):
+        body = text.strip().lower().removesuffix("/s").removesuffix("b").strip()
+        digits = body.rstrip("kmgi")
+        unit = body[len(digits) :]
+        try:
+            value = float(digits) * _RATE_UNITS[unit]
+        except (KeyError, ValueError):
+            raise ValueError(f"{text!r} is not a rate (e.g. 200M, 1.5G, 100Mi bytes/s)") from None
+    else:
+        raise ValueError(f"{text!r} is not a rate (e.g. 200M, 1.5G, 100Mi bytes/s)")
+    if not value > 0:
+        raise ValueError(f"{text!r} is not a positive rate")
+    return value
