@@ -178,6 +178,28 @@ class ArrayLayout:
             result += i * stride
         return result
 
+    def directory_base(self, directory: str) -> int | None:
+        """For "/" keys: the index of the first chunk file in `directory` (relative to the
+        array, ending in "/"), so that index(directory + name) == base + last(name).
+
+        None when keys are not "/"-separated or `directory` holds no chunk files. A scan
+        then parses only each file's last coordinate instead of its whole key.
+        """
+        if self.separator != "/" or not self.shape:
+            return None
+        probe = self.index(directory + "0")
+        if probe is not None:
+            return probe
+        # The last axis may have extent 0: no chunk file can exist there.
+        return None
+
+    def last_coordinate(self, name: str) -> int | None:
+        """The last-axis coordinate a chunk file name stands for, or None (as index())."""
+        if not name.isascii() or not name.isdigit() or (name[0] == "0" and len(name) > 1):
+            return None
+        i = int(name)
+        return i if i < self.grid[-1] else None
+
 
 def metadata_kind(name: str) -> str | None:
     """Kind of a metadata file from its basename: "array_v2", "group_v2", "v3", "attrs" or None."""

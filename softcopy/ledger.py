@@ -12,6 +12,8 @@ there, so "needs work" is simply `source != destination`.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,7 +82,7 @@ class Ledger:
     arrays: dict[str, _ArrayState] = field(default_factory=dict)
     other: dict[str, _Other] = field(default_factory=dict)
     # dirname -> (array, key prefix inside the array) or None; speeds up locate()
-    _dir_cache: dict[str, tuple[_ArrayState, str] | None] = field(default_factory=dict)
+    _dir_cache: dict[str, tuple[_ArrayState, str, int | None] | None] = field(default_factory=dict)
     # keys waiting for a copier; filled lazily from the arrays when it runs dry
     _queue: list[str] = field(default_factory=list)
     # True when array rows may need work that the queue does not hold yet
@@ -171,11 +173,15 @@ class Ledger:
             self._dir_cache[dirname] = hit
         if hit is None:
             return None
-        state, inner = hit
-        index = state.layout.index(inner + key[slash + 1 :])
+        state, inner, base = hit
+        name = key[slash + 1 :]
+        if base is not None:  # "/" keys: only the last coordinate is new in this directory
+            last = state.layout.last_coordinate(name)
+            return None if last is None else (state, base + last)
+        index = state.layout.index(inner + name)
         return None if index is None else (state, index)
 
-    def _find_array(self, dirname: str) -> tuple[_ArrayState, str] | None:
+    def _find_array(self, dirname: str) -> tuple[_ArrayState, str, int | None] | None:
         parts = dirname.split("/") if dirname else []
         # The deepest array wins: an array never contains another node.
         for depth in range(len(parts), -1, -1):
@@ -183,7 +189,8 @@ class Ledger:
             state = self.arrays.get(path)
             if state is not None:
                 rest = "/".join(parts[depth:])
-                return state, f"{rest}/" if rest else ""
+                inner = f"{rest}/" if rest else ""
+                return state, inner, state.layout.directory_base(inner)
         return None
 
     # ---- observations ---------------------------------------------------------
@@ -214,6 +221,41 @@ class Ledger:
         if not entry.inflight:
             self._queue.append(key)
         return True
+
+    def observe_many(self, items: Iterable[tuple[str, Version]]) -> list[str]:
+        """observe() for a whole listing at once; returns the keys that changed.
+
+        A scan of a million files must not pay numpy's per-element overhead a
+        million times: keys are located one by one (string work), then compared
+        and stored per array in one vectorised step.
+        """
+        groups: dict[int, tuple[_ArrayState, list[int], list[Version], list[str]]] = {}
+        changed: list[str] = []
+        for key, version in items:
+            hit = self.locate(key)
+            if hit is None:
+                if self.observe(key, version):
+                    changed.append(key)
+                continue
+            state, index = hit
+            group = groups.get(id(state))
+            if group is None:
+                group = groups[id(state)] = (state, [], [], [])
+            group[1].append(index)
+            group[2].append(version)
+            group[3].append(key)
+        for state, indices, versions, keys in groups.values():
+            idx = np.fromiter(indices, dtype=np.int64, count=len(indices))
+            flat = itertools.chain.from_iterable(versions)  # far cheaper than np.array(tuples)
+            rows = np.fromiter(flat, dtype=np.int64, count=3 * len(versions)).reshape(-1, 3)
+            if state.seen is not None:
+                state.seen[idx] = True
+            differs = (state.src[idx] != rows).any(axis=1)
+            if differs.any():
+                state.src[idx[differs]] = rows[differs]
+                self._stale = True
+                changed.extend(k for k, d in zip(keys, differs.tolist(), strict=True) if d)
+        return changed
 
     def set_copied(self, key: str, version: Version | None, digest: str = "") -> None:
         """The destination now holds `version` of key (None: deleted there), with its BLAKE3."""

@@ -115,16 +115,16 @@ def scan_tree(root: str, rel: str = "", on_dir: Callable[[str], None] | None = N
     def note_error(key: str, exc: OSError) -> None:
         result.errors.append((key, exc))
 
+    files = result.files
+    is_reg, is_lnk = stat.S_ISREG, stat.S_ISLNK
     for key, st, temporary in walk(root, rel, note_dir, note_error):
         if temporary:
             result.temporary.append(key)
-            continue
-        assert st is not None
-        if stat.S_ISLNK(st.st_mode):
+        elif is_reg(st.st_mode):  # type: ignore[union-attr]
+            files[key] = Version(st.st_size, st.st_mtime_ns, st.st_ino)  # type: ignore[union-attr]
+        elif is_lnk(st.st_mode):  # type: ignore[union-attr]
             result.links.add(key)
-        elif not stat.S_ISREG(st.st_mode):
-            continue  # sockets, fifos, devices: not data, never copied
-        result.files[key] = version_of(st)
+        # sockets, fifos, devices: not data, never copied
     return result
 
 

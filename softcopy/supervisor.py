@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 _PROGRESS_EVERY = 1.0
 _LOG_EVERY = 10.0
 _ARRAY_METADATA = ("zarr.json", ".zarray")
+_NODE_METADATA = ("zarr.json", ".zarray", ".zgroup")  # str.endswith: cheap on a million keys
 # A file that exists but cannot be stat'ed: no real file has inode 0.
 _UNKNOWN_VERSION = Version(0, 0, 0)
 # Seconds between journal checkpoints (a syncfs of the destination, then one
@@ -488,18 +489,19 @@ class Supervisor:
     def _absorb(self, result: ScanResult, initial: bool) -> int:
         # Metadata first, so chunk files land in their array's rows.
         nodes = sorted(
-            {os.path.dirname(k) for k in result.files if metadata_kind(os.path.basename(k))},
+            {os.path.dirname(k) for k in result.files if k.endswith(_NODE_METADATA)},
             key=lambda d: d.count("/"),
         )
         for rel in nodes:
             self._refresh_node(rel, strict=initial)
-        changed = 0
         marker = self.cfg.complete_marker
-        for key, version in result.files.items():
-            if key == marker:
-                self.marker_present = True
-                continue
-            changed += self._observe(key, version)
+        if marker in result.files:
+            self.marker_present = True
+        keys = self.ledger.observe_many(
+            (key, version) for key, version in result.files.items() if key != marker
+        )
+        self._changed(keys)
+        changed = len(keys)
         for key in result.links:
             changed += self._look(key)
         self.summary.files_at_source = len(result.files) + len(result.links)
@@ -523,19 +525,28 @@ class Supervisor:
     def _observe(self, key: str, version: Version | None) -> int:
         if not self.ledger.observe(key, version):
             return 0
+        self._changed([key], live=version is not None)
+        return 1
+
+    def _changed(self, keys: list[str], live: bool = True) -> None:
+        """Bookkeeping for keys whose source version just changed."""
+        if not keys:
+            return
         now = time.monotonic()
         if self._changes_seen:
             self.longest_pause = max(self.longest_pause, now - self.last_change)
         self._changes_seen = True
         self.last_change = now
-        if self.pool is not None and version is not None:
+        if self.pool is not None and live:
             # Only live changes: the backlog of the first scan is not lag. Bounded by
             # what is pending, which during acquisition is small.
-            self._observed_at.setdefault(key, now)
-        if key in self.failed:  # a new version deserves a new chance
-            del self.failed[key]
-            self.attempts.pop(key, None)
-        return 1
+            for key in keys:
+                self._observed_at.setdefault(key, now)
+        if self.failed:
+            for key in keys:
+                if key in self.failed:  # a new version deserves a new chance
+                    del self.failed[key]
+                    self.attempts.pop(key, None)
 
     def _refresh_node(self, rel: str, strict: bool) -> None:
         try:

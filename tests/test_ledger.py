@@ -120,3 +120,25 @@ def test_completeness_counts_expected_chunks() -> None:
     ledger.observe("c/1/1", v(1))
     assert ledger.all_expected_present()
     assert ledger.memory_bytes() <= 64 * 4
+
+
+def test_the_directory_fast_path_agrees_with_index_for_every_key() -> None:
+    """locate() parses only a "/" key's last coordinate; it must agree with index()
+    on every valid key and reject exactly what index() rejects."""
+    v2_nested = parse_array_metadata(
+        {"zarr_format": 2, "shape": [3, 4, 5], "chunks": [1, 2, 2], "dtype": "<u2",
+         "dimension_separator": "/", "compressor": None, "fill_value": 0, "order": "C",
+         "filters": None},
+        "img", ".zarray",
+    )  # fmt: skip
+    for lay in (layout([3, 4, 5], [1, 2, 2], path="a/b"), v2_nested):
+        ledger = Ledger()
+        ledger.set_layout(lay)
+        prefix = f"{lay.path}/"
+        for i in range(lay.n_files):
+            key = lay.key(i)
+            assert ledger.locate(prefix + key)[1] == i
+        head = lay.key(0).rsplit("/", 1)[0]
+        for bad in ("01", "3", "-1", "1.0", " 1", "x", "0.__lock", "²"):
+            assert lay.index(f"{head}/{bad}") is None
+            assert ledger.locate(f"{prefix}{head}/{bad}") is None, bad
