@@ -33,6 +33,16 @@ class TargetConfig:
     dry_run: bool = False  # say what would be copied, re-copied and deleted; write nothing
     max_rate: float | None = None  # bytes/s for all copiers of this target together
     backoff: bool = True  # pause copiers while the source disk is busy being written
+    kind: str = "zarr"  # or "directory": any tree, e.g. an Illumina or ONT run folder
+    # files at the source root (globs) that say the run is finished, e.g. CopyComplete.txt,
+    # final_summary_*.txt; copied last, after verification, like the complete marker
+    sentinels: tuple[str, ...] = ()
+    sentinel_min_age: float = 10.0  # a sentinel counts once unchanged for this long
+    ready_age: float = 2.0  # directory targets: copy a file once unchanged this long
+    include: tuple[str, ...] = ()  # globs on keys; empty = everything
+    exclude: tuple[str, ...] = ()  # globs on keys, e.g. "*.tmp", "logs/*"
+    watch: str = "auto"  # inotify, poll, or auto: poll on network and FUSE filesystems
+    poll_interval: float = 5.0  # seconds between scans when polling
     # the source device counts as busy at this utilisation while being written
     # (a saturating O_DIRECT writer measured 80-84 % on a loop device here)
     busy_utilisation: float = 0.75
@@ -82,6 +92,24 @@ def parse_options(options: dict[str, Any], where: str) -> dict[str, Any]:
                 value = parse_rate(value)
             except ValueError as exc:
                 raise ConfigError(here, "read option", str(exc)) from None
+        elif name == "kind":
+            if value not in ("zarr", "directory"):
+                raise ConfigError(here, "read option", f"{value!r} is not 'zarr' or 'directory'")
+        elif name == "watch":
+            if value not in ("auto", "inotify", "poll"):
+                raise ConfigError(here, "read option", f"{value!r} is not auto, inotify or poll")
+        elif name in ("sentinels", "include", "exclude"):
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list | tuple) or not all(
+                isinstance(v, str) and v for v in value
+            ):
+                raise ConfigError(here, "read option", f"{value!r} is not a list of glob patterns")
+            value = tuple(value)
+        elif name in ("sentinel_min_age", "ready_age"):
+            _check_number(here, value, 0)
+        elif name == "poll_interval":
+            _check_number(here, value, 0.1)
         elif name == "busy_utilisation":
             _check_number(here, value, 0.05)
             if value > 1:

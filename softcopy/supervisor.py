@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import fnmatch
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from .journal import Journal, default_state_dir, read_copied_files
 from .layout import ArrayLayout, metadata_kind, read_node
 from .ledger import Ledger
 from .manifest import CERTIFICATE, MANIFEST, write_certificate, write_manifest
+from .mounts import events_unreliable, filesystem_type
 from .plan import COMPARE, COPY, DELETE, KEEP_EXTRA, TRUST, decide, plan_all
 from .pressure import DiskPressure
 from .scan import TEMP_PREFIX, ScanResult, Version, scan_tree, stat_key
@@ -146,7 +148,12 @@ class Supervisor:
         self.ledger = Ledger()
         self.watcher: TreeWatcher | None = None
         self.pool: CopierPool | None = None
-        self.marker_present = False
+        # Files at the source root that say the writer is done (`complete`, sentinels):
+        # never copied with the data, only last, after verification.
+        self.markers: dict[str, Version] = {}
+        self.polling = False
+        self.kind_is_directory = cfg.kind == "directory"
+        self._markers_copied = 0
         self.temp_count = 0
         self.last_change = time.monotonic()
         self.next_scan = 0.0
@@ -208,7 +215,7 @@ class Supervisor:
         if self.cfg.backoff:
             # The first sample's interval spans the scan: known before any file is copied.
             self.pressure = DiskPressure(self.src, busy_utilisation=self.cfg.busy_utilisation)
-        self.watcher = TreeWatcher(self.src)
+        self._choose_event_source()
         self.full_scan(initial=True)
         self._match_destination()
         self._preflight_space()
@@ -242,18 +249,38 @@ class Supervisor:
         self._verify_and_finish()
         self._set_state(self.summary.state, self.summary.error)
 
+    def _choose_event_source(self) -> None:
+        """inotify where it sees the writer; periodic scans where it cannot (network mounts)."""
+        fstype, mount = filesystem_type(self.src)
+        watch = self.cfg.watch
+        self.polling = watch == "poll" or (watch == "auto" and events_unreliable(fstype))
+        if self.polling:
+            why = (
+                "as asked (--watch poll)"
+                if watch == "poll"
+                else f"because it is on a {fstype} filesystem (mounted at {mount}), where "
+                "inotify cannot see writes made by other hosts or behind the mount"
+            )
+            log.warning(
+                "%s: no change notifications %s; polling every %g s instead",
+                self.src,
+                why,
+                self.cfg.poll_interval,
+            )
+        else:
+            self.watcher = TreeWatcher(self.src)
+
     def _dry_run(self) -> None:
         """Everything a run would decide before copying, from read-only listings."""
         problem = self._source_problem()
         if problem is not None:
             raise problem
-        marker = self.cfg.complete_marker
         src = scan_tree(self.src)
-        here = {k: v for k, v in src.files.items() if k != marker}
+        here = {k: v for k, v in src.files.items() if self._wanted(k)}
         dst_path = Path(self.dst)
         existing = dst_path.is_dir()
-        there = {k: v for k, v in (scan_tree(self.dst).files if existing else {}).items()}
-        there.pop(marker, None)
+        dst_files = scan_tree(self.dst).files if existing else {}
+        there = {k: v for k, v in dst_files.items() if self._wanted(k)}
         previous = None
         try:
             previous = json.loads((sidecar_dir(dst_path) / "target.json").read_text())["source"]
@@ -342,6 +369,8 @@ class Supervisor:
             return from_os_error(exc, "read source", self.src)
         if not os.path.isdir(self.src):
             return ConfigError(self.src, "copy source", "it is not a directory")
+        if self.kind_is_directory:
+            return None  # chosen explicitly: any directory will do
         try:
             node = read_node(Path(self.src), "")
         except PermissionError as exc:
@@ -350,8 +379,8 @@ class Supervisor:
             return MetadataError(
                 self.src,
                 "copy source",
-                "it holds no zarr metadata (.zarray, .zgroup or zarr.json); "
-                "only zarr arrays and groups can be copied",
+                "it holds no zarr metadata (.zarray, .zgroup or zarr.json); for a plain "
+                "directory (a sequencer run folder, say) use --kind directory",
             )
         return None
 
@@ -427,8 +456,8 @@ class Supervisor:
             if os.path.basename(key).startswith(TEMP_PREFIX):
                 _unlink(os.path.join(self.dst, key))  # a crashed run's partial file
         for key, there in dst.files.items():
-            if key == self.cfg.complete_marker:
-                continue  # written last, after verification, whatever is there now
+            if not self._wanted(key):
+                continue  # markers come last, after verification; excluded files are not ours
             here = self.ledger.source(key)
             action = decide(here, there, journaled.get(key), self.owned)
             if action == DELETE:
@@ -450,11 +479,10 @@ class Supervisor:
 
     def full_scan(self, initial: bool = False) -> int:
         """List the whole source; returns how many keys changed. The source of truth."""
-        assert self.watcher is not None
         self.ledger.begin_sweep()
         self.unreadable.clear()
         try:
-            result = scan_tree(self.src, "", on_dir=self.watcher.watch)
+            result = scan_tree(self.src, "", on_dir=self.watcher.watch if self.watcher else None)
         except OSError as exc:
             raise from_os_error(exc, "scan source", self.src) from exc
         changed = self._absorb(result, initial)
@@ -462,14 +490,15 @@ class Supervisor:
         for key in self.ledger.end_sweep():
             changed += self._look(key)  # re-stat: it may have appeared after we listed it
         self.temp_count = len(result.temporary)
-        self.next_scan = time.monotonic() + self.cfg.scan_interval
+        interval = self.cfg.poll_interval if self.polling else self.cfg.scan_interval
+        self.next_scan = time.monotonic() + interval
         return changed
 
     def _scan_subtree(self, rel: str) -> None:
         """A new directory: watch it, then list it, so no file falls between the two."""
         assert self.watcher is not None
         result = scan_tree(self.src, rel, on_dir=self.watcher.watch)
-        self._absorb(result, initial=False)
+        self._absorb(result, initial=False, rel=rel)
         self._note_unreadable(result)
 
     def _note_unreadable(self, result: ScanResult) -> None:
@@ -486,7 +515,23 @@ class Supervisor:
                 self._said_unreadable.add(key)
             self.unreadable[key + "/"] = error
 
-    def _absorb(self, result: ScanResult, initial: bool) -> int:
+    def _is_marker(self, key: str) -> bool:
+        if "/" in key:
+            return False
+        return key == self.cfg.complete_marker or any(
+            fnmatch.fnmatchcase(key, p) for p in self.cfg.sentinels
+        )
+
+    def _wanted(self, key: str) -> bool:
+        """A key softcopy copies with the data: not a marker, included, not excluded."""
+        if self._is_marker(key):
+            return False
+        cfg = self.cfg
+        if cfg.include and not any(fnmatch.fnmatchcase(key, p) for p in cfg.include):
+            return False
+        return not any(fnmatch.fnmatchcase(key, p) for p in cfg.exclude)
+
+    def _absorb(self, result: ScanResult, initial: bool, rel: str = "") -> int:
         # Metadata first, so chunk files land in their array's rows.
         nodes = sorted(
             {os.path.dirname(k) for k in result.files if k.endswith(_NODE_METADATA)},
@@ -494,11 +539,10 @@ class Supervisor:
         )
         for rel in nodes:
             self._refresh_node(rel, strict=initial)
-        marker = self.cfg.complete_marker
-        if marker in result.files:
-            self.marker_present = True
+        if rel == "":
+            self.markers = {k: v for k, v in result.files.items() if self._is_marker(k)}
         keys = self.ledger.observe_many(
-            (key, version) for key, version in result.files.items() if key != marker
+            (key, version) for key, version in result.files.items() if self._wanted(key)
         )
         self._changed(keys)
         changed = len(keys)
@@ -515,8 +559,13 @@ class Supervisor:
         except OSError as exc:
             log.debug("%s: %s: cannot stat (%s); the next scan looks again", self.src, key, exc)
             return 0
-        if key == self.cfg.complete_marker:
-            self.marker_present = version is not None
+        if self._is_marker(key):
+            if version is None:
+                self.markers.pop(key, None)
+            else:
+                self.markers[key] = version
+            return 0
+        if not self._wanted(key):
             return 0
         if metadata_kind(name):
             self._refresh_node(os.path.dirname(key), strict=False)
@@ -549,6 +598,8 @@ class Supervisor:
                     self.attempts.pop(key, None)
 
     def _refresh_node(self, rel: str, strict: bool) -> None:
+        if self.kind_is_directory:
+            return  # every file is a plain file: no layouts, no expected set
         try:
             node = read_node(Path(self.src) / rel if rel else Path(self.src), rel)
         except MetadataError as exc:
@@ -598,12 +649,28 @@ class Supervisor:
             self.ledger.requeue(key)
         skip = set(self.deferred) | set(self.failed)
         keys = self.ledger.take(self.cfg.batch_size * len(idle), skip=skip)
-        self.queue_empty = not keys
+        if self.kind_is_directory and keys:
+            keys = self._settled(keys, now)
+        self.queue_empty = not keys and not self.deferred
         # Spread a short queue over every idle copier: lag matters more than batching then.
         for n, copier in enumerate(idle):
             batch = keys[n :: len(idle)]
             if batch:
                 self.pool.send(copier, [(k, k in self.compare_first) for k in batch])
+
+    def _settled(self, keys: list[str], now: float) -> list[str]:
+        """Plain writers write in place: copy a file only once it stopped changing."""
+        ready = []
+        wall = time.time()
+        for key in keys:
+            version = self.ledger.source(key)
+            age = wall - version.mtime_ns / 1e9 if version is not None else self.cfg.ready_age
+            if age >= self.cfg.ready_age:
+                ready.append(key)
+            else:
+                self.ledger.set_inflight(key, False)
+                self.deferred[key] = now + (self.cfg.ready_age - age)
+        return ready
 
     def _on_results(self, conn: object) -> None:
         assert self.pool is not None
@@ -712,7 +779,7 @@ class Supervisor:
 
     def _loop(self, finishing: bool) -> str | None:
         """Run until finished (returns why) or, when finishing, until nothing is left to do."""
-        assert self.pool is not None and self.watcher is not None
+        assert self.pool is not None
         while True:
             if self.stop.level:
                 return None
@@ -726,7 +793,10 @@ class Supervisor:
                 reason = self._finished(now)
                 if reason:
                     return reason
-            ready = wait([self.watcher, self.stop, *self.pool.connections()], 0.5)
+            sources = [self.stop, *self.pool.connections()]
+            if self.watcher is not None:
+                sources.append(self.watcher)
+            ready = wait(sources, 0.5)
             for source in ready:
                 if source is self.watcher:
                     self._on_events()
@@ -742,8 +812,12 @@ class Supervisor:
                 self._report_progress()
 
     def _finished(self, now: float) -> str:
-        if self.marker_present:
+        if self.cfg.complete_marker in self.markers:
             return f"the source has a '{self.cfg.complete_marker}' marker"
+        for key, version in sorted(self.markers.items()):
+            age = time.time() - version.mtime_ns / 1e9
+            if age >= self.cfg.sentinel_min_age:
+                return f"the sentinel '{key}' exists and is {age:.0f} s old"
         quiet = now - self.last_change
         idle = self.cfg.idle_timeout
         if idle is not None and quiet >= idle:
@@ -756,10 +830,11 @@ class Supervisor:
         if quiet < settle or now - self._settle_checked < 1.0:
             return ""
         self._settle_checked = now
-        if not self.ledger.all_expected_present() or self.temp_count:
+        # A plain directory has no expected set: sentinels or the idle timeout end it.
+        if self.kind_is_directory or not self.ledger.all_expected_present() or self.temp_count:
             return ""
         # Confirm with a fresh listing: events may have been lost.
-        if self.full_scan() == 0 and self.temp_count == 0 and not self.marker_present:
+        if self.full_scan() == 0 and self.temp_count == 0 and not self.markers:
             return f"every expected file is present and nothing changed for {settle:.3g} s"
         return ""
 
@@ -859,30 +934,33 @@ class Supervisor:
     # ---- the end ---------------------------------------------------------------------------
 
     def _verify_and_finish(self) -> None:
-        marker = self.cfg.complete_marker
         # Flushed first, so verification reads what the device holds (the cache is
         # dropped per file before it is read), not what the page cache remembers.
         _syncfs(self.dst)
         source_scan = scan_tree(self.src)
+        markers = sorted(
+            (k for k in source_scan.files if self._is_marker(k)),
+            key=lambda k: (k == self.cfg.complete_marker, k),  # `complete` very last
+        )
         verification = compare_trees(
             self.src,
             self.dst,
-            frozenset({marker}),
+            frozenset(markers),
             source_scan,
             hashes=self.cfg.hash,
             known=self.ledger.digests() if self.cfg.hash else None,
             workers=max(2, self.cfg.nprocs),
+            keep=self._wanted if self.cfg.include or self.cfg.exclude else None,
         )
         findings = verification.findings
         self.summary.findings = findings
         for finding in findings:
             self._emit("finding", **finding.as_dict())
         self.summary.failures = {**self.failed, **self.unreadable}
-        self.summary.files_at_source = len(
-            (source_scan.files.keys() | source_scan.links) - {marker}
-        )
+        wanted = [k for k in (source_scan.files.keys() | source_scan.links) if self._wanted(k)]
+        self.summary.files_at_source = len(wanted)
         self.summary.bytes_at_source = sum(
-            v.size for k, v in source_scan.files.items() if k != marker
+            source_scan.files[k].size for k in wanted if k in source_scan.files
         )
         if findings or self.summary.failures:
             self.summary.state = "failed"
@@ -898,9 +976,9 @@ class Supervisor:
                 )
             return
         digests = dict(verification.digests)
-        if marker in source_scan.files:
-            # The marker goes last, so whoever waits on it at the destination
-            # sees a whole, verified copy.
+        # Markers go last, so whoever waits on one at the destination sees a whole,
+        # verified copy.
+        for marker in markers:
             dirs = DirCache(self.dst)
             try:
                 outcome = copy_one(self.src, dirs, marker, fsync=True, digest=self.cfg.hash)
@@ -911,7 +989,9 @@ class Supervisor:
                     os.path.join(self.dst, marker), "write completion marker", outcome.error
                 )
             digests[marker] = outcome.digest  # "" without --hash: counted, not in the manifest
+        if markers:
             _syncfs(self.dst)
+        self._markers_copied = len(markers)
         self.summary.state = "done"
         self.summary.seconds = time.monotonic() - self._started
         self._certify(verification, digests)
@@ -935,7 +1015,7 @@ class Supervisor:
                 "verification": "blake3" if self.cfg.hash else "sizes",
                 # Every regular file in the destination, the marker included, whatever
                 # the verification mode.
-                "files": verification.files + int(self.cfg.complete_marker in digests),
+                "files": verification.files + self._markers_copied,
                 "bytes": verification.bytes,
                 "links": verification.links,
                 "chunks_expected": expected,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -88,6 +88,7 @@ def compare_trees(
     hashes: bool = False,
     known: Mapping[str, tuple[Version, str]] | None = None,
     workers: int = 4,
+    keep: Callable[[str], bool] | None = None,
 ) -> Verification:
     """Every difference in the set of files, sizes, link targets and (with `hashes`) content.
 
@@ -108,6 +109,9 @@ def compare_trees(
             findings.append(Finding("unreadable", key, f"{side}: {os.strerror(exc.errno or 0)}"))
     src_keys = (src.files.keys() | src.links) - ignore
     dst_keys = (dst.files.keys() | dst.links) - ignore
+    if keep is not None:  # include/exclude patterns: what is not copied is not compared
+        src_keys = {k for k in src_keys if keep(k)}
+        dst_keys = {k for k in dst_keys if keep(k)}
     findings += [Finding("missing", k) for k in sorted(src_keys - dst_keys)]
     findings += [Finding("extra", k) for k in sorted(dst_keys - src_keys)]
     same_size: list[str] = []
