@@ -41,6 +41,7 @@ from .watch import TreeWatcher
 log = logging.getLogger(__name__)
 
 _PROGRESS_EVERY = 1.0
+_SUPERVISOR_NICE = 10
 _LOG_EVERY = 10.0
 _ARRAY_METADATA = ("zarr.json", ".zarray")
 _NODE_METADATA = ("zarr.json", ".zarray", ".zgroup")  # str.endswith: cheap on a million keys
@@ -201,6 +202,9 @@ class Supervisor:
     def _run(self) -> None:
         if self.cfg.dry_run:
             return self._dry_run()
+        # The acquisition comes first: this thread too yields the CPU to the writer
+        # (os.nice applies to the calling thread on Linux; copiers go to 19).
+        os.nice(_SUPERVISOR_NICE)
         if not self.cfg.wait_for_source:
             problem = self._source_problem()  # bad input touches nothing, not even a lock
             if problem is not None:
