@@ -109,8 +109,13 @@ def test_a_stale_certificate_goes_as_soon_as_a_new_run_starts(tmp_path: Path) ->
     assert cert.exists() and (sidecar(dst) / "manifest.b3").exists()
     # The writer goes on (softcopy cannot know yet): a new run must withdraw the promise.
     proc = start_softcopy("copy", "--hash", src, dst, *LIVE)
-    wait_for(lambda: not cert.exists(), timeout=30, what="the stale certificate to go", proc=proc)
-    assert not (sidecar(dst) / "manifest.b3").exists()
+    # Both go at the start of the run, the certificate first: wait for both.
+    wait_for(
+        lambda: not cert.exists() and not (sidecar(dst) / "manifest.b3").exists(),
+        timeout=30,
+        what="the stale certificate and manifest to go",
+        proc=proc,
+    )
     assert proc.poll() is None, "the run is still going, with no certificate"
     (src / "complete").touch()
     rc, _, err = finish(proc)
