@@ -113,3 +113,35 @@ class DiskPressure:
         if s.psi is not None:
             parts.append(f"I/O pressure {s.psi:.0f}%")
         return "; ".join(parts) or "no disk statistics"
+
+
+# Schedulers that honour I/O priority classes (mq-deadline since Linux 5.14).
+_HONOURS_IDLE = ("bfq", "mq-deadline", "cfq")
+
+
+def io_scheduler(device: str) -> str | None:
+    """The active I/O scheduler of a block device (a partition's is its disk's)."""
+    base = os.path.realpath(f"/sys/class/block/{device}")
+    for candidate in (base, os.path.dirname(base)):
+        try:
+            with open(os.path.join(candidate, "queue", "scheduler")) as f:
+                text = f.read()
+        except OSError:
+            continue
+        start, end = text.find("["), text.find("]")
+        return text[start + 1 : end] if 0 <= start < end else text.strip()
+    return None
+
+
+def idle_class_warning(path: str) -> str | None:
+    """Why the copiers' idle I/O class will not protect the writer on this disk, if so."""
+    device = block_device(path)
+    scheduler = io_scheduler(device) if device else None
+    if scheduler is None or scheduler in _HONOURS_IDLE:
+        return None
+    return (
+        f"the I/O scheduler of {device} is '{scheduler}', which ignores I/O priority "
+        "classes: copiers at idle priority still compete with the writer; use "
+        "--max-rate, --sleep-time or the busy-disk back-off, or switch the disk to "
+        "mq-deadline or bfq"
+    )

@@ -30,7 +30,7 @@ from .ledger import Ledger
 from .manifest import CERTIFICATE, MANIFEST, write_certificate, write_manifest
 from .mounts import events_unreliable, filesystem_type
 from .plan import COMPARE, COPY, DELETE, KEEP_EXTRA, TRUST, decide, plan_all
-from .pressure import DiskPressure
+from .pressure import DiskPressure, idle_class_warning
 from .scan import TEMP_PREFIX, ScanResult, Version, scan_tree, stat_key
 from .throttle import create_bucket
 from .transfer import CHANGED, COPIED, DELETED, FAILED, SAME, DirCache, Outcome, copy_one
@@ -216,6 +216,9 @@ class Supervisor:
             return self._interrupted()
         self._prepare_destination()
         self._set_state("copying")
+        warning = idle_class_warning(self.src)
+        if warning:
+            log.warning("%s: %s", self.src, warning)
         if self.cfg.backoff:
             # The first sample's interval spans the scan: known before any file is copied.
             self.pressure = DiskPressure(self.src, busy_utilisation=self.cfg.busy_utilisation)

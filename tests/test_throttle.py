@@ -20,6 +20,7 @@ import pytest
 from conftest import assert_same_tree, finish, start, start_softcopy, tree_files, wait_for
 from test_acquisition import SMALL, simulate
 
+from softcopy.pressure import block_device, io_scheduler
 from softcopy.throttle import create_bucket
 from softcopy.units import parse_rate
 
@@ -153,3 +154,6 @@ def test_copiers_pause_while_the_source_disk_is_busy(tmp_path: Path, loop_source
     reader.join(10)
     assert any("resuming" in line for line in lines)
     assert_same_tree(src, dst)
+    scheduler = io_scheduler(block_device(str(src)) or "")
+    warned = any("ignores I/O priority classes" in line for line in lines)
+    assert warned == (scheduler in ("none", "kyber")), (scheduler, warned)
