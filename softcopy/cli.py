@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,11 @@ import click
 from . import __version__
 from .config import TargetConfig, load_targets, make_target
 from .errors import EXIT_FAILED, EXIT_OK, ConfigError, SoftcopyError
+from .progress import Reporter, make_reporter
 from .simulate import FORMATS, LAYOUTS
 from .supervisor import StopSignal, Summary, copy_target
-from .units import human_bytes
+from .throttle import create_bucket
+from .units import human_bytes, parse_rate
 
 log = logging.getLogger("softcopy")
 
@@ -79,6 +83,82 @@ def _target_options(func: Callable) -> Callable:
             default=None,
             help="BLAKE3 while copying, verify content, write a b3sum manifest [no].",
         ),
+        click.option(
+            "--max-rate",
+            help="Bytes/s for all copiers together, e.g. 200M, 1.5G, 100Mi [no limit]. "
+            "With `run`: one limit shared by every target.",
+        ),
+        click.option(
+            "--backoff/--no-backoff",
+            default=None,
+            help="Pause copiers while the source disk is busy being written [yes].",
+        ),
+        click.option(
+            "--busy-utilisation",
+            type=click.FloatRange(0.05, 1.0),
+            help="Source disk utilisation that counts as busy [0.75].",
+        ),
+        click.option(
+            "--kind",
+            type=click.Choice(["zarr", "directory"]),
+            help="zarr (metadata required) or directory (any tree, e.g. a run folder) [zarr].",
+        ),
+        click.option(
+            "--sentinel",
+            "sentinels",
+            multiple=True,
+            help="Root file (glob) saying the run is finished, e.g. CopyComplete.txt; repeatable.",
+        ),
+        click.option(
+            "--sentinel-min-age",
+            type=click.FloatRange(min=0),
+            help="Seconds a sentinel must be unchanged before it counts [10].",
+        ),
+        click.option(
+            "--ready-age",
+            type=click.FloatRange(min=0),
+            help="Directory targets: copy a file once unchanged this long [2].",
+        ),
+        click.option("--include", multiple=True, help="Copy only paths matching this glob."),
+        click.option("--exclude", multiple=True, help="Never copy paths matching this glob."),
+        click.option(
+            "--watch",
+            type=click.Choice(["auto", "inotify", "poll"]),
+            help="Change notifications; auto polls on network and FUSE filesystems [auto].",
+        ),
+        click.option(
+            "--poll-interval",
+            type=click.FloatRange(min=0.1),
+            help="Seconds between scans when polling [5].",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _output_options(func: Callable) -> Callable:
+    """What `copy` and `run` show, and whether they write at all."""
+    options = [
+        click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            help="Events as JSON lines on stdout (schema in the user guide); "
+            "human lines go to stderr.",
+        ),
+        click.option(
+            "--progress/--no-progress",
+            default=None,
+            help="Live progress table on stderr [auto: on a terminal; otherwise a log line "
+            "per target every 10 s]. --progress forces the table, --no-progress shows neither.",
+        ),
+        click.option(
+            "--dry-run",
+            is_flag=True,
+            help="Show what would be copied, re-copied and deleted and whether it fits; "
+            "write nothing.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -86,7 +166,8 @@ def _target_options(func: Callable) -> Callable:
 
 
 def _given(**options: Any) -> dict[str, Any]:
-    return {k.rstrip("_"): v for k, v in options.items() if v is not None}
+    """Options given on the command line (None or an empty repeatable: not given)."""
+    return {k.rstrip("_"): v for k, v in options.items() if v is not None and v != ()}
 
 
 @click.group(epilog=EXIT_CODES_HELP)
@@ -109,24 +190,90 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("destination", type=click.Path(path_type=Path))
 @_target_options
+@_output_options
 @click.pass_context
-def copy(ctx: click.Context, source: Path, destination: Path, **options: Any) -> None:
+def copy(
+    ctx: click.Context,
+    source: Path,
+    destination: Path,
+    as_json: bool,
+    progress: bool | None,
+    dry_run: bool,
+    **options: Any,
+) -> None:
     """Copy one zarr SOURCE to DESTINATION (the copy itself; created if missing)."""
-    _run(ctx, lambda: [make_target(source, destination, _given(**options), "command line")])
+    _run(
+        ctx,
+        lambda: [
+            make_target(source, destination, _given(**options, **_dry(dry_run)), "command line")
+        ],
+        make_reporter(as_json, False if dry_run else progress),  # a plan has no progress
+        dry_run,
+    )
 
 
 @main.command(epilog=EXIT_CODES_HELP)
 @click.argument("targets_file", type=click.Path(path_type=Path))
 @_target_options
+@_output_options
 @click.pass_context
-def run(ctx: click.Context, targets_file: Path, **options: Any) -> None:
+def run(
+    ctx: click.Context,
+    targets_file: Path,
+    as_json: bool,
+    progress: bool | None,
+    dry_run: bool,
+    **options: Any,
+) -> None:
     """Copy every target of TARGETS_FILE in parallel (see targets.example.yaml)."""
-    _run(ctx, lambda: load_targets(targets_file, _given(**options)))
+    run_rate = options.pop("max_rate", None)  # shared by all targets, not one each
+    rate = _parse_rate_option(run_rate) if run_rate else None
+    _run(
+        ctx,
+        lambda: load_targets(targets_file, _given(**options, **_dry(dry_run))),
+        make_reporter(as_json, False if dry_run else progress),  # a plan has no progress
+        dry_run,
+        rate,
+    )
 
 
-def _run(ctx: click.Context, make: Callable[[], list[TargetConfig]]) -> None:
-    code = _guarded(ctx, lambda: _copy_all(make()))
-    ctx.exit(code)
+def _parse_rate_option(text: str) -> float:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-rate") from None
+
+
+def _dry(dry_run: bool) -> dict[str, bool]:
+    return {"dry_run": True} if dry_run else {}
+
+
+def _run(
+    ctx: click.Context,
+    make: Callable[[], list[TargetConfig]],
+    reporter: Reporter,
+    dry_run: bool = False,
+    run_rate: float | None = None,
+) -> None:
+    targets: list[TargetConfig] = []
+
+    def body() -> int:
+        try:
+            targets.extend(make())
+            return _copy_all(targets, reporter=reporter, dry_run=dry_run, run_rate=run_rate)
+        except SoftcopyError as exc:
+            if reporter.json:  # a script reading stdout learns why it stopped
+                one = targets[0] if len(targets) == 1 else None
+                reporter.emit(
+                    "error",
+                    source=str(one.source) if one else None,
+                    destination=str(one.destination) if one else None,
+                    error=str(exc),
+                    exit_code=exc.exit_code,
+                )
+            raise
+
+    ctx.exit(_guarded(ctx, body))
 
 
 def _guarded(ctx: click.Context, body: Callable[[], int]) -> int:
@@ -140,13 +287,22 @@ def _guarded(ctx: click.Context, body: Callable[[], int]) -> int:
         return exc.exit_code
 
 
-def _copy_all(targets: list[TargetConfig], stop: StopSignal | None = None) -> int:
+def _copy_all(
+    targets: list[TargetConfig],
+    stop: StopSignal | None = None,
+    reporter: Reporter | None = None,
+    dry_run: bool = False,
+    run_rate: float | None = None,
+) -> int:
     stop = stop or StopSignal()
+    reporter = reporter or make_reporter()
     results: dict[int, Summary | SoftcopyError | BaseException] = {}
+    bucket = create_bucket() if run_rate else None
+    shared = (bucket, run_rate) if bucket and run_rate else None
 
     def work(i: int, cfg: TargetConfig) -> None:
         try:
-            results[i] = copy_target(cfg, stop)
+            results[i] = copy_target(cfg, stop, reporter, shared)
         except BaseException as exc:  # reported by the main thread
             results[i] = exc
 
@@ -154,21 +310,33 @@ def _copy_all(targets: list[TargetConfig], stop: StopSignal | None = None) -> in
         threading.Thread(target=work, args=(i, t), name=f"target-{i}", daemon=True)
         for i, t in enumerate(targets)
     ]
-    with _signals_to(stop):
-        for t in threads:
-            t.start()
-        for t in threads:
-            while t.is_alive():
-                t.join(0.2)
+    # The live display ends (its last frame stays) before the summary lines print.
+    try:
+        with reporter, _signals_to(stop):
+            for t in threads:
+                t.start()
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+    finally:
+        if bucket:
+            os.unlink(bucket)
+    # With --json, stdout carries the events only: the human lines go to stderr.
+    err = reporter.json
     codes = [EXIT_OK]
     for i, _ in enumerate(targets):
         result = results[i]
         if isinstance(result, Summary):
-            click.echo(result.line())
+            plan = _plan_of(result) if dry_run else None
+            if plan is not None:  # the engine emitted it as a `plan` event too
+                click.echo(_plan_text(result.source, result.destination, plan), err=err)
+                codes.append(EXIT_OK if plan.get("fits") else EXIT_FAILED)
+                continue
+            click.echo(result.line(), err=err)
             for key, error in sorted(result.failures.items()):
-                click.echo(f"  failed: {key}: {error}")
+                click.echo(f"  failed: {key}: {error}", err=err)
             for finding in result.findings:
-                click.echo(f"  {finding}")
+                click.echo(f"  {finding}", err=err)
             if result.error:
                 click.echo(f"softcopy: {result.source}: {result.error}", err=True)
             codes.append(EXIT_OK if result.ok else EXIT_FAILED)
@@ -176,10 +344,84 @@ def _copy_all(targets: list[TargetConfig], stop: StopSignal | None = None) -> in
             if len(targets) == 1:
                 raise result
             click.echo(f"softcopy: error: {result}", err=True)
+            if reporter.json:
+                reporter.emit(
+                    "error",
+                    source=str(targets[i].source),
+                    destination=str(targets[i].destination),
+                    error=str(result),
+                    exit_code=result.exit_code,
+                )
             codes.append(result.exit_code)
         else:
             raise result
     return max(codes)
+
+
+PLAN_FIELDS = (
+    "files_to_copy",
+    "bytes_to_copy",
+    "files_to_recopy",
+    "files_to_delete",
+    "free_bytes",
+    "free_inodes",
+    "fits",
+    "destination_mount",
+)
+
+
+def _plan_of(result: object) -> dict[str, Any] | None:
+    """The engine's dry-run plan: `result.plan` (a dict or dataclass), else the result's own
+    fields; None when there is none (the engine did not plan)."""
+    plan = getattr(result, "plan", None)
+    if plan is None:
+        plan = result
+    if is_dataclass(plan) and not isinstance(plan, type):
+        plan = {f.name: getattr(plan, f.name) for f in fields(plan)}
+    elif not isinstance(plan, dict):
+        plan = {name: getattr(plan, name) for name in PLAN_FIELDS if hasattr(plan, name)}
+    if "files_to_copy" not in plan:
+        return None
+    return {k: plan.get(k) for k in PLAN_FIELDS} | {
+        k: v for k, v in plan.items() if k not in PLAN_FIELDS
+    }
+
+
+def _plan_text(source: str, destination: str, plan: dict[str, Any]) -> str:
+    def files(name: str, size: str | None = None) -> str:
+        n = int(plan.get(name) or 0)
+        text = f"{n} file{'' if n == 1 else 's'}"
+        return f"{text} ({human_bytes(plan.get(size) or 0)})" if size else text
+
+    inodes = plan.get("free_inodes")
+    free = human_bytes(plan.get("free_bytes") or 0)
+    if inodes is not None:
+        free += f" and {inodes} inodes"
+    lines = [
+        f"plan: {source} -> {destination} (dry run: nothing was written)",
+        f"  to copy:     {files('files_to_copy', 'bytes_to_copy')}",
+        f"  to re-copy:  {files('files_to_recopy')} (at the destination with another size; "
+        "part of the files to copy)",
+    ]
+    if "files_to_compare" in plan:
+        lines.append(
+            f"  to compare:  {files('files_to_compare', 'bytes_to_compare')} (same size: "
+            "kept if identical, copied if not)"
+        )
+    if "files_trusted" in plan:
+        lines.append(f"  trusted:     {files('files_trusted')} (the journal says they are copied)")
+    lines.append(f"  to delete:   {files('files_to_delete')}")
+    if plan.get("extras_kept"):
+        lines.append(
+            f"  foreign:     {files('extras_kept')} only in the destination, left alone "
+            "(verification will fail: the destination is not softcopy's)"
+        )
+    lines += [
+        f"  free space:  {free} on {plan.get('destination_mount')}",
+        "  fits:        "
+        + ("yes" if plan.get("fits") else "NO: free space or choose another destination"),
+    ]
+    return "\n".join(lines)
 
 
 class _signals_to:
@@ -192,11 +434,12 @@ class _signals_to:
     def handle(self, signum: int, frame: object) -> None:
         self.stop.request()
         if self.stop.level == 1:
-            click.echo(
-                "softcopy: stopping after the files in flight (Ctrl-C again to abort)", err=True
-            )
+            message = "softcopy: stopping after the files in flight (Ctrl-C again to abort)"
         else:
-            click.echo("softcopy: aborting", err=True)
+            message = "softcopy: aborting"
+        # sys.stderr as it is now: the live display's proxy prints above the table
+        # (click.echo would write to the stream beneath it and tear the display).
+        print(message, file=sys.stderr, flush=True)
 
     def __enter__(self) -> _signals_to:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -447,9 +690,21 @@ def demo(ctx: click.Context, keep: bool, fmt: str, layout: str, nprocs: int) -> 
         [sys.executable, "-m", "softcopy", "simulate", str(source), "--format", fmt,
          "--layout", layout, "--timepoints", "12", "--interval", "0.25", "--holes", "0.1"],
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )  # fmt: skip
     code = EXIT_FAILED
     stop = StopSignal()
+
+    def relay_writer() -> None:
+        # sys.stderr as it is at each line: above the live table while it is shown
+        # (the writer's own writes to the terminal would tear it).
+        assert writer.stderr is not None
+        for line in writer.stderr:
+            print(line, end="", file=sys.stderr, flush=True)
+
+    relay = threading.Thread(target=relay_writer, daemon=True)
+    relay.start()
 
     def watch_writer() -> None:
         if writer.wait() != 0:
@@ -458,7 +713,7 @@ def demo(ctx: click.Context, keep: bool, fmt: str, layout: str, nprocs: int) -> 
     threading.Thread(target=watch_writer, daemon=True).start()
     try:
         cfg = make_target(source, destination, {"nprocs": nprocs, "wait_for_source": True}, "demo")
-        code = _guarded(ctx, lambda: _copy_all([cfg], stop))
+        code = _guarded(ctx, lambda: _copy_all([cfg], stop, make_reporter()))
         if writer.wait(60) != 0:
             click.echo("softcopy: the simulated writer failed", err=True)
             code = EXIT_FAILED
@@ -466,6 +721,7 @@ def demo(ctx: click.Context, keep: bool, fmt: str, layout: str, nprocs: int) -> 
         if writer.poll() is None:
             writer.kill()
             writer.wait()
+        relay.join(5)
         if keep:
             click.echo(f"kept {base}")
         else:

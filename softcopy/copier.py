@@ -47,8 +47,13 @@ class CopierOptions:
 # ---- the child side ------------------------------------------------------------------
 
 
-def _lower_priority(options: CopierOptions) -> None:
-    """The acquisition comes first: idle I/O class and the lowest CPU priority."""
+def _lower_priority(options: CopierOptions) -> list[str]:
+    """The acquisition comes first: idle I/O class and the lowest CPU priority.
+
+    Returns warnings for the supervisor to log: a copier never writes to the
+    terminal itself (it would tear the live progress display).
+    """
+    warnings = []
     if options.nice:
         os.nice(options.nice)
     if options.idle_io:
@@ -57,7 +62,8 @@ def _lower_priority(options: CopierOptions) -> None:
 
             psutil.Process().ionice(psutil.IOPRIO_CLASS_IDLE)
         except Exception as exc:  # no ioprio support: keep going at normal I/O priority
-            log.warning("could not set idle I/O priority: %s", exc)
+            warnings.append(f"copier {os.getpid()}: could not set idle I/O priority: {exc}")
+    return warnings
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -93,10 +99,12 @@ def child_main(fd: int, parent_pid: int, options: CopierOptions) -> None:
         os.write(wake_w, b"x")  # and cut short any --sleep-time pause
 
     signal.signal(signal.SIGTERM, on_term)
-    _lower_priority(options)
+    warnings = _lower_priority(options)
     clear_umask()
     throttle = _Throttle(options.rate_limits) if options.rate_limits else None
     conn = Connection(fd)
+    for warning in warnings:
+        conn.send(("warn", warning))
     dirs = DirCache(options.destination)
     while not stopping:
         try:
@@ -188,11 +196,15 @@ class CopierPool:
         """
         copier = next(c for c in self.copiers if c.conn is conn)
         try:
-            _, _, outcomes = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):
             lost = copier.keys
             self._replace(copier)
             return [], lost
+        if message[0] == "warn":
+            log.warning("%s", message[1])
+            return [], []
+        outcomes = message[2]
         done = {o.key for o in outcomes}
         lost = [k for k in copier.keys if k not in done]
         copier.keys = []
@@ -233,7 +245,7 @@ class CopierPool:
                     c.process.kill()
         deadline = time.monotonic() + timeout
         for c in self.copiers:
-            if graceful and c.busy:
+            while graceful and c.busy:
                 while not c.conn.poll(0.1) and time.monotonic() < deadline:
                     if abort is not None and abort():
                         graceful = False
@@ -242,11 +254,17 @@ class CopierPool:
                     for other in self.copiers:
                         if other.process.poll() is None:
                             other.process.kill()
-                elif c.conn.poll(0):
-                    try:
-                        outcomes.extend(c.conn.recv()[2])
-                    except (EOFError, OSError):
-                        pass
+                    break
+                if not c.conn.poll(0):
+                    break  # out of time: killed below
+                try:
+                    message = c.conn.recv()
+                except (EOFError, OSError):
+                    break
+                if message[0] == "done":
+                    outcomes.extend(message[2])
+                    break
+                log.warning("%s", message[1])
             try:
                 c.process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:

@@ -251,7 +251,7 @@ class Supervisor:
         self._set_state("draining")
         if not self._drain():
             return self._interrupted()
-        self._checkpoint()
+        self._checkpoint(fresh=True)
         self._set_state("verifying")
         self._verify_and_finish()
         self._set_state(self.summary.state, self.summary.error)
@@ -329,6 +329,8 @@ class Supervisor:
         if self.journal is not None:
             self.journal.set_state(state, self.summary.reason, error)
         self._emit("state", state=state, reason=self.summary.reason, error=error)
+        if self.events is not None and self.pool is not None:
+            self._report_progress()  # a short copy may end before the first timed report
 
     def _emit(self, event: str, **fields: object) -> None:
         """Hand one event to the reporter (progress display, JSON lines); never prints."""
@@ -877,11 +879,18 @@ class Supervisor:
             )
             self._emit("resumed", reason=self.pressure.describe())
 
-    def _checkpoint(self) -> None:
-        """Flush the destination, then record what the flush made durable."""
+    def _checkpoint(self, fresh: bool = False) -> None:
+        """Flush the destination, then record what the flush made durable.
+
+        `fresh`: count what is pending now (a vectorised pass over every array),
+        for the last checkpoint of a run; otherwise the count of the last progress
+        report (at most a second old) is recorded.
+        """
         self._last_checkpoint = time.monotonic()
         if self.journal is None:
             return
+        if fresh:
+            self._pending = self.ledger.pending_totals()
         if self._unsynced or self._unsynced_deleted:
             _syncfs(self.dst)
         self.journal.checkpoint(
@@ -1055,7 +1064,7 @@ class Supervisor:
             self._rate_file = None
         if self.journal is not None:
             try:
-                self._checkpoint()
+                self._checkpoint(fresh=True)
                 if self.summary.state not in ("done", "failed", "interrupted"):
                     # Left by an error: say so, so `status` does not show it running.
                     self._set_state("failed", self.summary.error or "stopped by an error")
