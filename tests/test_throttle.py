@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import replace
@@ -95,6 +96,26 @@ def test_max_rate_holds_for_a_whole_copy(tmp_path: Path) -> None:
     assert rc == 0, err
     assert_same_tree(src, dst)
     assert total <= rate * (elapsed + 0.1), f"{total / elapsed / 1e6:.2f} MB/s over 1 MB/s"
+
+
+def test_a_run_wide_max_rate_is_shared_by_all_targets(tmp_path: Path) -> None:
+    spec = replace(SMALL, timepoints=12, shape=(2, 128, 256), chunks=(1, 128, 256), compress=False)
+    lines = ["targets:"]
+    total = 0
+    for i in range(2):
+        src = tmp_path / f"src{i}.zarr"
+        simulate(src, spec)
+        total += sum(tree_files(src).values())
+        lines += [f"  - source: {src}", f"    destination: {tmp_path / f'dst{i}.zarr'}"]
+    (tmp_path / "t.yaml").write_text("\n".join(lines) + "\n")
+    buckets_before = set(Path(tempfile.gettempdir()).glob("softcopy-rate-*"))
+    started = time.monotonic()
+    rc, _, err = finish(start_softcopy("run", tmp_path / "t.yaml", "--max-rate", "1M"))
+    elapsed = time.monotonic() - started
+    assert rc == 0, err
+    # Two targets, one budget: together never above 1 MB/s (each alone could be).
+    assert total <= 1e6 * (elapsed + 0.1), f"{total / elapsed / 1e6:.2f} MB/s over 1 MB/s"
+    assert set(Path(tempfile.gettempdir()).glob("softcopy-rate-*")) == buckets_before
 
 
 def test_copiers_run_at_idle_io_and_lowest_cpu_priority(tmp_path: Path) -> None:
