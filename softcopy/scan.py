@@ -16,6 +16,7 @@ from typing import NamedTuple
 #   softcopy:     .softcopy-tmp.<name> (our own, in the destination)
 _WRITER_TEMP = re.compile(r"(\.__lock|\.[0-9a-f]{32}\.partial)$")
 TEMP_PREFIX = ".softcopy-tmp."
+_TEMP_ENDINGS = (".__lock", ".partial")
 
 
 class Version(NamedTuple):
@@ -32,7 +33,10 @@ def version_of(st: os.stat_result) -> Version:
 
 def is_temporary(name: str) -> bool:
     """True for a writer's or softcopy's temporary file name (a basename)."""
-    return name.startswith(TEMP_PREFIX) or _WRITER_TEMP.search(name) is not None
+    if name.startswith(TEMP_PREFIX):
+        return True
+    # str.endswith rules out nearly every name before the regular expression runs.
+    return name.endswith(_TEMP_ENDINGS) and _WRITER_TEMP.search(name) is not None
 
 
 def join_key(parent: str, name: str) -> str:
