@@ -13,7 +13,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -327,8 +326,8 @@ def _copy_all(
     for i, _ in enumerate(targets):
         result = results[i]
         if isinstance(result, Summary):
-            plan = _plan_of(result) if dry_run else None
-            if plan is not None:  # the engine emitted it as a `plan` event too
+            plan = result.plan if dry_run else None
+            if plan:  # the engine emitted it as a `plan` event too
                 click.echo(_plan_text(result.source, result.destination, plan), err=err)
                 codes.append(EXIT_OK if plan.get("fits") else EXIT_FAILED)
                 continue
@@ -368,23 +367,6 @@ PLAN_FIELDS = (
     "fits",
     "destination_mount",
 )
-
-
-def _plan_of(result: object) -> dict[str, Any] | None:
-    """The engine's dry-run plan: `result.plan` (a dict or dataclass), else the result's own
-    fields; None when there is none (the engine did not plan)."""
-    plan = getattr(result, "plan", None)
-    if plan is None:
-        plan = result
-    if is_dataclass(plan) and not isinstance(plan, type):
-        plan = {f.name: getattr(plan, f.name) for f in fields(plan)}
-    elif not isinstance(plan, dict):
-        plan = {name: getattr(plan, name) for name in PLAN_FIELDS if hasattr(plan, name)}
-    if "files_to_copy" not in plan:
-        return None
-    return {k: plan.get(k) for k in PLAN_FIELDS} | {
-        k: v for k, v in plan.items() if k not in PLAN_FIELDS
-    }
 
 
 def _plan_text(source: str, destination: str, plan: dict[str, Any]) -> str:

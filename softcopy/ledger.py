@@ -351,16 +351,6 @@ class Ledger:
         entry = self.other.get(key)
         return entry is not None and not entry.inflight and entry.src != entry.dst
 
-    def known_keys(self) -> list[str]:
-        """Every key the source is believed to hold (used to notice deletions in a full scan)."""
-        keys = [k for k, e in self.other.items() if e.src != ABSENT]
-        for state in self.arrays.values():
-            present = np.flatnonzero(state.src[:, 0] >= 0)
-            keys.extend(state.prefix + k for k in state.layout.keys(present))
-        return keys
-
-    # ---- work -------------------------------------------------------------------
-
     def take(self, limit: int, skip: set[str] | None = None) -> list[str]:
         """Up to `limit` keys that need work and are not in flight; marks them in flight.
 
@@ -425,10 +415,6 @@ class Ledger:
             sizes = np.clip(state.src[need, 0], 0, None)
             nbytes += int((-(-sizes // block) * block).sum())
         return files, nbytes
-
-    def inflight_count(self) -> int:
-        n = sum(1 for e in self.other.values() if e.inflight)
-        return n + sum(int(s.inflight.sum()) for s in self.arrays.values())
 
     # ---- completeness --------------------------------------------------------------
 
