@@ -9,6 +9,10 @@ backed by the host's cache this measures per-file CPU and syscall cost, which
 is what dominates small chunks.
 
     python benchmarks/compare.py [--rounds 3] [--nprocs 2] [--small-files 20000]
+
+`--baseline DIR` adds a column for the softcopy in DIR (a checkout of another
+commit, e.g. from `git worktree add /tmp/base HEAD~1`), run with the same
+interpreter, so a change is measured against its parent in the same run.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ def build(path: Path, kind: str, small_files: int) -> None:
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
     started = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    # Not from a checkout: `python -m` would import the softcopy in the working directory.
+    subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=tempfile.gettempdir())
     subprocess.run(["sync"], check=True)
     return time.perf_counter() - started
 
@@ -54,9 +59,16 @@ def main() -> None:
     parser.add_argument("--small-files", type=int, default=20000)
     parser.add_argument("--only", choices=["small", "large"])
     parser.add_argument("--extra", default="", help="more softcopy options, e.g. '--hash'")
+    parser.add_argument("--baseline", type=Path, help="a checkout of softcopy to compare with")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="softcopy-compare-"))
     env = {**os.environ, "XDG_STATE_HOME": str(base / "state")}
+    # `python -m` puts the working directory first on sys.path: run each softcopy from
+    # its own checkout.
+    here = str(Path(__file__).resolve().parent.parent)
+    envs = {"softcopy": {**env, "PYTHONPATH": here}}
+    if args.baseline:
+        envs["baseline"] = {**env, "PYTHONPATH": str(args.baseline.resolve())}
     try:
         for kind in [args.only] if args.only else ["small", "large"]:
             src = base / f"{kind}.zarr"
@@ -65,16 +77,23 @@ def main() -> None:
             size = sum(p.stat().st_size for p in files)
             print(f"\n{kind}: {len(files)} files, {size / 1e6:.0f} MB")
             tools = {
-                "softcopy": lambda d, s=src: [*SOFTCOPY, "copy", str(s), str(d), "--nprocs",
-                                              str(args.nprocs), *args.extra.split()],
+                name: lambda d, s=src: [*SOFTCOPY, "copy", str(s), str(d), "--nprocs",
+                                        str(args.nprocs), *args.extra.split()]
+                for name in envs
+            } | {
                 "cp -r": lambda d, s=src: ["cp", "-r", str(s), str(d)],
                 "rsync -a": lambda d, s=src: ["rsync", "-a", f"{s}/", str(d)],
             }  # fmt: skip
+            # A tool this machine lacks is left out, and said so, rather than fail the run.
+            for name in [n for n in tools if n != "cp -r" and " " in n]:
+                if shutil.which(name.split()[0]) is None:
+                    print(f"  ({name}: not installed, left out)")
+                    del tools[name]
             times: dict[str, list[float]] = {name: [] for name in tools}
             for i in range(args.rounds):
                 for name, cmd in tools.items():
                     dst = base / f"out-{i}-{name.split()[0]}"
-                    times[name].append(timed(cmd(dst), env))
+                    times[name].append(timed(cmd(dst), envs.get(name, env)))
                     shutil.rmtree(dst)
                     shutil.rmtree(f"{dst}.softcopy", ignore_errors=True)
             cp = statistics.median(times["cp -r"])

@@ -1,5 +1,10 @@
 """`python -m softcopy`."""
 
-from .cli import main
+import sys
+
+try:
+    from .cli import main
+except KeyboardInterrupt:  # Ctrl-C while importing: nothing was started
+    sys.exit(1)
 
 main(prog_name="softcopy")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,8 @@ import click
 from . import __version__
 from .config import TargetConfig, load_targets, make_target
 from .errors import EXIT_FAILED, EXIT_OK, ConfigError, SoftcopyError
+from .journal import RUNNING_STATES
+from .names import json_record, safe_text, shown, utf8_text
 from .progress import Reporter, make_reporter
 from .simulate import FORMATS, LAYOUTS
 from .supervisor import StopSignal, Summary, copy_target
@@ -77,6 +80,20 @@ def _target_options(func: Callable) -> Callable:
             help="Where the journal lives [$XDG_STATE_HOME/softcopy].",
         ),
         click.option(
+            "--reset-journal",
+            is_flag=True,
+            default=None,
+            help="If the journal is damaged (or not softcopy's), move it aside and start a "
+            "new one; files already copied are compared with the source, not trusted [no].",
+        ),
+        click.option(
+            "--replace",
+            is_flag=True,
+            default=None,
+            help="Let DESTINATION, softcopy's copy of another source (or of a source deleted "
+            "and made again), become a copy of SOURCE, deleting what SOURCE lacks [no].",
+        ),
+        click.option(
             "--hash/--no-hash",
             "hash_",
             default=None,
@@ -130,6 +147,12 @@ def _target_options(func: Callable) -> Callable:
             type=click.FloatRange(min=0.1),
             help="Seconds between scans when polling [5].",
         ),
+        click.option(
+            "--trust-guessed-end/--no-trust-guessed-end",
+            default=None,
+            help="Let a guessed end (settle, --idle-timeout) count as proven in the "
+            "certificate's safe_to_free [no: only a marker or sentinel proves it].",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -176,13 +199,24 @@ def _given(**options: Any) -> dict[str, Any]:
 def main(ctx: click.Context, verbose: bool) -> None:
     """Copy Zarr archives off the acquisition machine while they are being written."""
     ctx.obj = {"verbose": verbose}
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        if verbose
-        else "softcopy: %(message)s",
-        stream=sys.stderr,
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _LineFormatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s"
+            if verbose
+            else "softcopy: %(message)s"
+        )
     )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
+class _LineFormatter(logging.Formatter):
+    """Every log line is one printable line: a name in it (or in an error message that
+    quotes one) cannot break the line, move the cursor or fail to encode (names.safe_text).
+    A traceback (--verbose) is added after, as it is."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return safe_text(super().formatMessage(record))
 
 
 @main.command(epilog=EXIT_CODES_HELP)
@@ -259,7 +293,9 @@ def _run(
     def body() -> int:
         try:
             targets.extend(make())
-            return _copy_all(targets, reporter=reporter, dry_run=dry_run, run_rate=run_rate)
+            return _copy_all(
+                targets, reporter=reporter, dry_run=dry_run, run_rate=run_rate, keep_handlers=True
+            )
         except SoftcopyError as exc:
             if reporter.json:  # a script reading stdout learns why it stopped
                 one = targets[0] if len(targets) == 1 else None
@@ -272,7 +308,12 @@ def _run(
                 )
             raise
 
-    ctx.exit(_guarded(ctx, body))
+    code = _guarded(ctx, body)
+    # Every output is written: a late Ctrl-C must not reach the interpreter's shutdown,
+    # where Python's default handler is back and the exit status would become "killed by
+    # SIGINT" instead of the code decided here. Blocked signals die with the process.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    ctx.exit(code)
 
 
 def _guarded(ctx: click.Context, body: Callable[[], int]) -> int:
@@ -282,8 +323,18 @@ def _guarded(ctx: click.Context, body: Callable[[], int]) -> int:
     except SoftcopyError as exc:
         if ctx.obj["verbose"]:
             log.exception("error")
-        click.echo(f"softcopy: error: {exc}", err=True)
+        _say(f"softcopy: error: {safe_text(str(exc))}", err=True)
         return exc.exit_code
+    except Exception as exc:
+        # A bug of ours still gets one paragraph; the traceback is for -v and a report.
+        if ctx.obj["verbose"]:
+            log.exception("internal error")
+        _say(
+            f"softcopy: internal error: {type(exc).__name__}: {safe_text(str(exc))}. This is "
+            "a bug in softcopy: run again with -v for the traceback, and report it.",
+            err=True,
+        )
+        return EXIT_FAILED
 
 
 def _copy_all(
@@ -292,7 +343,12 @@ def _copy_all(
     reporter: Reporter | None = None,
     dry_run: bool = False,
     run_rate: float | None = None,
+    keep_handlers: bool = False,
 ) -> int:
+    """Every target in its own thread; the exit code of all of them.
+
+    `keep_handlers`: signals stay caught until the process exits (see `_signals_to`).
+    """
     stop = stop or StopSignal()
     reporter = reporter or make_reporter()
     results: dict[int, Summary | SoftcopyError | BaseException] = {}
@@ -310,8 +366,9 @@ def _copy_all(
         for i, t in enumerate(targets)
     ]
     # The live display ends (its last frame stays) before the summary lines print.
+    signals = _signals_to(stop, keep=keep_handlers)
     try:
-        with reporter, _signals_to(stop):
+        with reporter, signals:
             for t in threads:
                 t.start()
             for t in threads:
@@ -328,21 +385,21 @@ def _copy_all(
         if isinstance(result, Summary):
             plan = result.plan if dry_run else None
             if plan:  # the engine emitted it as a `plan` event too
-                click.echo(_plan_text(result.source, result.destination, plan), err=err)
+                _say(_plan_text(result.source, result.destination, plan), err=err)
                 codes.append(EXIT_OK if plan.get("fits") else EXIT_FAILED)
                 continue
-            click.echo(result.line(), err=err)
+            _say(safe_text(result.line()), err=err)
             for key, error in sorted(result.failures.items()):
-                click.echo(f"  failed: {key}: {error}", err=err)
+                _say(f"  failed: {shown(key)}: {safe_text(error)}", err=err)
             for finding in result.findings:
-                click.echo(f"  {finding}", err=err)
+                _say(f"  {finding}", err=err)
             if result.error:
-                click.echo(f"softcopy: {result.source}: {result.error}", err=True)
+                _say(f"softcopy: {shown(result.source)}: {safe_text(result.error)}", err=True)
             codes.append(EXIT_OK if result.ok else EXIT_FAILED)
         elif isinstance(result, SoftcopyError):
             if len(targets) == 1:
                 raise result
-            click.echo(f"softcopy: error: {result}", err=True)
+            _say(f"softcopy: error: {safe_text(str(result))}", err=True)
             if reporter.json:
                 reporter.emit(
                     "error",
@@ -354,6 +411,10 @@ def _copy_all(
             codes.append(result.exit_code)
         else:
             raise result
+    if signals.received:
+        # "Interrupted, run again to resume", whenever the signal came: a rerun of a copy
+        # that had finished anyway finds it done.
+        codes.append(EXIT_FAILED)
     return max(codes)
 
 
@@ -380,7 +441,7 @@ def _plan_text(source: str, destination: str, plan: dict[str, Any]) -> str:
     if inodes is not None:
         free += f" and {inodes} inodes"
     lines = [
-        f"plan: {source} -> {destination} (dry run: nothing was written)",
+        f"plan: {shown(source)} -> {shown(destination)} (dry run: nothing was written)",
         f"  to copy:     {files('files_to_copy', 'bytes_to_copy')}",
         f"  to re-copy:  {files('files_to_recopy')} (at the destination with another size; "
         "part of the files to copy)",
@@ -406,31 +467,98 @@ def _plan_text(source: str, destination: str, plan: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-class _signals_to:
-    """First Ctrl-C or SIGTERM: finish files in flight and stop. Second: abort."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    def __init__(self, stop: StopSignal) -> None:
+
+class _signals_to:
+    """First Ctrl-C, SIGTERM or SIGHUP (the terminal or ssh session went away): finish the
+    files in flight and stop. Second: abort.
+
+    `keep`: the handlers stay for the rest of the process. Python's own would raise
+    KeyboardInterrupt (exit 130) or end the process (SIGHUP, SIGTERM) while the summary
+    prints, making the exit code a matter of timing; `received` makes it 1 instead.
+    """
+
+    def __init__(self, stop: StopSignal, keep: bool = False) -> None:
         self.stop = stop
+        self.keep = keep
         self.saved: dict[int, Any] = {}
+        self.ended = False
+        self.received = 0  # signals, also those after the work ended
 
     def handle(self, signum: int, frame: object) -> None:
+        self.received += 1
+        if signum == signal.SIGHUP:
+            _silence_hung_up_outputs()
+        if self.ended:
+            return  # nothing left to stop: the summary is printing
         self.stop.request()
         if self.stop.level == 1:
-            message = "softcopy: stopping after the files in flight (Ctrl-C again to abort)"
+            again = "Ctrl-C" if signum == signal.SIGINT else "a second signal"
+            message = f"softcopy: stopping after the files in flight ({again} to abort)"
         else:
             message = "softcopy: aborting"
-        # sys.stderr as it is now: the live display's proxy prints above the table
-        # (click.echo would write to the stream beneath it and tear the display).
-        print(message, file=sys.stderr, flush=True)
+        _tell(message)
 
     def __enter__(self) -> _signals_to:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.saved[sig] = signal.signal(sig, self.handle)
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self.saved[sig] = signal.signal(sig, self.handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.saved.items():
-            signal.signal(sig, handler)
+        self.ended = True
+        if not self.keep:
+            for sig, handler in self.saved.items():
+                signal.signal(sig, handler)
+
+
+def _tell(message: str) -> None:
+    """A line on stderr from a signal handler; it must never raise.
+
+    sys.stderr as it is now: the live display's proxy prints above the table (click.echo
+    would write to the stream beneath it and tear the display).
+    """
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except (OSError, ValueError, RuntimeError):  # gone (EIO, EPIPE), closed, re-entered
+        _silence(2)
+
+
+def _say(text: str, err: bool = False) -> None:
+    """A line of output that cannot turn a finished run into a crash: after a hang-up the
+    terminal is gone (EIO, EPIPE), and a name that is not UTF-8 may not encode."""
+    try:
+        try:
+            click.echo(text, err=err)
+        except UnicodeEncodeError:
+            click.echo(utf8_text(text), err=err)
+    except (OSError, ValueError):
+        _silence(2 if err else 1)
+
+
+def _silence_hung_up_outputs() -> None:
+    """After a hang-up, stdout and stderr on the dead terminal go to /dev/null: every later
+    write (log lines, the summary, the interpreter's last flush) then succeeds."""
+    poller = select.poll()
+    for fd in (1, 2):
+        poller.register(fd, 0)  # POLLERR and POLLHUP are reported whatever is asked
+    for fd, events in poller.poll(0):
+        if events & (select.POLLERR | select.POLLHUP) and not events & select.POLLNVAL:
+            _silence(fd)
+
+
+def _silence(fd: int) -> None:
+    try:
+        null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.dup2(null, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
 
 
 VERIFY_HELP = """\b
@@ -479,6 +607,8 @@ def _verify(
     workers: int,
 ) -> int:
     from .manifest import MANIFEST, read_manifest
+    from .names import json_record
+    from .records import RecordFile, Records
     from .supervisor import sidecar_dir
     from .verify import check_manifest, compare_trees
 
@@ -499,16 +629,25 @@ def _verify(
         result = compare_trees(str(paths[0]), str(destination), hashes=hashes, workers=workers)
         mode = "BLAKE3" if hashes else "size"
     else:
-        manifest = manifest or sidecar_dir(destination.absolute()) / MANIFEST
+        missing = "it does not exist (copies made with --hash have one; or give SOURCE too)"
+        records = None
+        where: Path | RecordFile | None = manifest
+        if where is None:
+            # softcopy's own record, beside the directory the copy resolved DESTINATION to:
+            # read without following a link, like every record (any owner may read it).
+            side = sidecar_dir(Path(os.path.realpath(destination)))
+            records = Records.open(side, create=False, check_owner=False)
+            if records is None:
+                raise ConfigError(side / MANIFEST, "read manifest", missing)
+            where = records / MANIFEST
         try:
-            digests = read_manifest(manifest)
-        except FileNotFoundError:
-            raise ConfigError(
-                manifest, "read manifest",
-                "it does not exist (copies made with --hash have one; or give SOURCE too)",
-            ) from None  # fmt: skip
+            # A FIFO, a device or a huge file given as --manifest: ConfigError, no hang.
+            digests = read_manifest(where, missing)
         except (OSError, ValueError) as exc:
-            raise ConfigError(manifest, "read manifest", str(exc)) from exc
+            raise ConfigError(where, "read manifest", str(exc)) from exc
+        finally:
+            if records is not None:
+                records.close()
         result = check_manifest(str(destination), digests, workers)
         mode = "BLAKE3 against the manifest"
     if decode:
@@ -520,7 +659,7 @@ def _verify(
     seconds = time.monotonic() - started
     rate = result.bytes / seconds / 1e6 if seconds > 0 else 0.0
     for finding in result.findings:
-        click.echo(json.dumps(finding.as_dict()) if as_json else str(finding))
+        click.echo(json.dumps(json_record(finding.as_dict())) if as_json else str(finding))
     summary = {
         "kind": "summary",
         "ok": result.ok,
@@ -558,24 +697,50 @@ def status(ctx: click.Context, state_dir: Path | None, as_json: bool) -> None:
         targets = read_status(state_dir or default_state_dir())
         for t in targets:
             if as_json:
-                click.echo(json.dumps(t, default=str))
-                continue
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["updated"]))
-            click.echo(
-                f"{t['state']:<11} {t['source']} -> {t['destination']}\n"
-                f"            {t['files_done']} files ({human_bytes(t['bytes_done'])}) done, "
-                f"{t['files_pending']} files ({human_bytes(t['bytes_pending'])}) pending, "
-                f"{len(t['failures'])} failed; last activity {when}"
-            )
-            if t["error"]:
-                click.echo(f"            {t['error']}")
-            for key, error in sorted(t["failures"].items()):
-                click.echo(f"            failed: {key}: {error}")
+                _say(json.dumps(_status_record(t), default=str))
+            else:
+                _say(_status_text(t))
         if not targets and not as_json:
-            click.echo("no targets in the journal")
+            _say("no targets in the journal")
         return EXIT_OK
 
     ctx.exit(_guarded(ctx, body))
+
+
+def _status_text(t: dict[str, Any]) -> str:
+    def when(seconds: float) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+    pad = " " * 12
+    lines = [
+        f"{t['state']:<11} {shown(t['source'])} -> {shown(t['destination'])}",
+        f"{pad}{t['files_done']} files ({human_bytes(t['bytes_done'])}) done, "
+        f"{t['files_pending']} files ({human_bytes(t['bytes_pending'])}) pending, "
+        f"{len(t['failures'])} failed; last activity {when(t['updated'])}",
+    ]
+    if t.get("recorded_state"):
+        lines.append(
+            f"{pad}not running: its process ({t['pid']} on {t['host']}) is gone; it was "
+            f"{t['recorded_state']}, last seen {when(t['updated'])}; run the same command "
+            "again to resume"
+        )
+    elif t["running"] is None and t["state"] in RUNNING_STATES and t.get("pid"):
+        lines.append(f"{pad}running on {t['host']} (pid {t['pid']}), as far as it last said")
+    if t.get("reason") and not t["error"]:
+        # While copying: what it waits for, or why nothing moves; after: why it ended.
+        lines.append(f"{pad}{safe_text(t['reason'])}")
+    if t["error"]:
+        lines.append(f"{pad}{safe_text(t['error'])}")
+    for key, error in sorted(t["failures"].items()):
+        lines.append(f"{pad}failed: {shown(key)}: {safe_text(error)}")
+    return "\n".join(lines)
+
+
+def _status_record(t: dict[str, Any]) -> dict[str, Any]:
+    """Valid UTF-8 JSON: a name that is not UTF-8 shows its raw bytes as \\xNN, and the
+    record's `names_hex` maps that text to the exact bytes (see names.json_record)."""
+    extra = {"last_seen": t["updated"]} if t.get("recorded_state") else {}
+    return json_record({**t, **extra})
 
 
 # ---- simulation and demo ---------------------------------------------------------------

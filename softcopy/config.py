@@ -11,6 +11,8 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .inputs import read_input
+from .records import records_dir
 from .units import parse_rate
 
 
@@ -31,6 +33,12 @@ class TargetConfig:
     batch_size: int = 32
     state_dir: Path | None = None  # journal location; default $XDG_STATE_HOME/softcopy
     dry_run: bool = False  # say what would be copied, re-copied and deleted; write nothing
+    # a damaged journal (or not a softcopy journal) is moved aside and a new one started:
+    # nothing it claimed is trusted, files at the destination are compared
+    reset_journal: bool = False
+    # a destination softcopy made from another source (or from a source directory since
+    # deleted and made again) becomes a copy of this one: what this source lacks is deleted
+    replace: bool = False
     max_rate: float | None = None  # bytes/s for all copiers of this target together
     backoff: bool = True  # pause copiers while the source disk is busy being written
     kind: str = "zarr"  # or "directory": any tree, e.g. an Illumina or ONT run folder
@@ -46,6 +54,8 @@ class TargetConfig:
     # the source device counts as busy at this utilisation while being written
     # (a saturating O_DIRECT writer measured 80-84 % on a loop device here)
     busy_utilisation: float = 0.75
+    # a guessed end (settle, idle timeout) may still say "safe to free" in the certificate
+    trust_guessed_end: bool = False
 
     @property
     def name(self) -> str:
@@ -53,6 +63,8 @@ class TargetConfig:
 
 
 _OPTION_NAMES = {f.name for f in fields(TargetConfig)} - {"source", "destination"}
+# Annotations are strings here (postponed evaluation): "bool" fields are switches.
+_BOOL_OPTIONS = {f.name for f in fields(TargetConfig) if f.type == "bool"}
 
 
 def _check_number(where: str, value: Any, minimum: float, allow_none: bool = False) -> Any:
@@ -84,7 +96,7 @@ def parse_options(options: dict[str, Any], where: str) -> dict[str, Any]:
             _check_number(here, value, 0.1)
         elif name == "idle_timeout":
             _check_number(here, value, 0, allow_none=True)
-        elif name in ("wait_for_source", "fsync", "hash", "dry_run"):
+        elif name in _BOOL_OPTIONS:
             if not isinstance(value, bool):
                 raise ConfigError(here, "read option", f"{value!r} is not true or false")
         elif name == "max_rate" and value is not None:
@@ -114,9 +126,6 @@ def parse_options(options: dict[str, Any], where: str) -> dict[str, Any]:
             _check_number(here, value, 0.05)
             if value > 1:
                 raise ConfigError(here, "read option", f"{value!r} is more than 1 (100 %)")
-        elif name == "backoff":
-            if not isinstance(value, bool):
-                raise ConfigError(here, "read option", f"{value!r} is not true or false")
         elif name == "state_dir" and value is not None:
             if not isinstance(value, str | os.PathLike) or not str(value):
                 raise ConfigError(here, "read option", f"{value!r} is not a directory path")
@@ -135,27 +144,92 @@ def make_target(source: Any, destination: Any, options: dict[str, Any], where: s
             raise ConfigError(f"{where}.{field_name}", "read target", "a path is required")
     src = Path(os.path.abspath(os.path.expanduser(source)))
     dst = Path(os.path.abspath(os.path.expanduser(destination)))
-    check_paths(src, dst)
-    return TargetConfig(src, dst, **parse_options(options, where))
+    check_paths(src, dst)  # errors name the paths as the user wrote them
+    # Links in the paths the user gave are resolved once, here: everything below is
+    # then opened without following a link, and one directory has one name.
+    return TargetConfig(
+        Path(os.path.realpath(src)), Path(os.path.realpath(dst)), **parse_options(options, where)
+    )
+
+
+Identity = tuple  # (st_dev, st_ino) of a directory, or (that, the names below it not made yet)
+
+
+def _identities(path: Path) -> list[Identity]:
+    """The path and each of its ancestors, innermost first, as directory identities.
+
+    Two names of one directory (a link, a bind mount) have the same identity. Where
+    the path does not exist yet, its nearest existing ancestor's identity and the
+    names still to be made stand in for it.
+    """
+    real = Path(os.path.realpath(path))
+    missing: list[str] = []
+    here = real
+    while True:
+        try:
+            st = os.stat(here)
+            break
+        except OSError:
+            if here.parent == here:
+                return [("unknown", str(real))]
+            missing.insert(0, here.name)
+            here = here.parent
+    anchor = (st.st_dev, st.st_ino)
+    found: list[Identity] = [(anchor, tuple(missing[:n])) for n in range(len(missing), 0, -1)]
+    while True:
+        found.append((st.st_dev, st.st_ino))
+        if here.parent == here:
+            return found
+        here = here.parent
+        st = os.stat(here)
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    """inner is outer, or somewhere below it, by directory identity."""
+    return _identities(outer)[0] in _identities(inner)
 
 
 def check_paths(src: Path, dst: Path) -> None:
-    """Refuse overlapping trees: a copy inside its own source would copy itself forever."""
-    real_src, real_dst = Path(os.path.realpath(src)), Path(os.path.realpath(dst))
-    if real_src == real_dst:
+    """Refuse overlapping trees: a copy inside its own source would copy itself forever.
+
+    By identity, not by name: a bind mount or a link is a second name for the same
+    directory. softcopy's records folder (beside the destination) counts as written too.
+    """
+    records = records_dir(dst)
+    if _within(dst, src) and _within(src, dst):
         raise ConfigError(dst, "use destination", "it is the source itself")
-    if real_src in real_dst.parents:
+    if _within(dst, src):
         raise ConfigError(dst, "use destination", f"it is inside the source {src}")
-    if real_dst in real_src.parents:
+    if _within(src, dst):
         raise ConfigError(src, "use source", f"it is inside the destination {dst}")
+    if _within(src, records):
+        raise ConfigError(
+            src, "use source", f"it is softcopy's records folder {records} of the destination "
+            f"{dst}, or inside it",
+        )  # fmt: skip
+    if _within(records, src):
+        raise ConfigError(
+            dst, "use destination", f"its records folder {records} would be inside the source "
+            f"{src}",
+        )  # fmt: skip
+
+
+# A targets file is a few KiB; anything this large is a mistake, not a file to parse.
+MAX_TARGETS_FILE = 4 << 20
 
 
 def load_targets(path: Path, overrides: dict[str, Any] | None = None) -> list[TargetConfig]:
     """Read a targets file: `targets: [{source, destination, ...}]` and optional `defaults:`."""
+    data = read_input(path, "read targets file", MAX_TARGETS_FILE, "targets file")
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(path, "read targets file", exc.strerror or str(exc)) from exc
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            path,
+            "read targets file",
+            f"it is not UTF-8 text (byte {exc.start} is {data[exc.start : exc.start + 1]!r}); "
+            "save it as UTF-8",
+        ) from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -194,20 +268,29 @@ def load_targets(path: Path, overrides: dict[str, Any] | None = None) -> list[Ta
 
 
 def _check_distinct(path: Path, targets: list[TargetConfig]) -> None:
+    """No target writes where another writes, or where another reads."""
     for i, a in enumerate(targets):
         for j, b in enumerate(targets[:i]):
-            if a.destination == b.destination:
+            here = f"{path}: targets[{i}].destination"
+            if _identities(a.destination)[0] == _identities(b.destination)[0]:
                 raise ConfigError(
-                    f"{path}: targets[{i}].destination", "read target",
-                    f"targets[{j}] writes to the same destination {a.destination}",
+                    here, "read target", f"it overlaps targets[{j}].destination: targets[{j}] "
+                    f"writes to the same destination {a.destination}",
                 )  # fmt: skip
             try:
                 check_paths(a.destination, b.destination)
             except ConfigError as exc:
                 raise ConfigError(
-                    f"{path}: targets[{i}].destination", "read target",
-                    f"overlaps targets[{j}].destination: {exc.problem}",
-                ) from exc  # fmt: skip
+                    here, "read target", f"overlaps targets[{j}].destination: {exc.problem}"
+                ) from exc
+            for writer, w, reader, r in ((a, i, b, j), (b, j, a, i)):
+                for written in (writer.destination, records_dir(writer.destination)):
+                    if _within(written, reader.source) or _within(reader.source, written):
+                        raise ConfigError(
+                            f"{path}: targets[{w}].destination", "read target",
+                            f"{written} overlaps the source of targets[{r}], {reader.source}: "
+                            "one target would copy what another writes",
+                        )  # fmt: skip
 
 
 def with_options(target: TargetConfig, **options: Any) -> TargetConfig:

@@ -88,8 +88,10 @@ class _Throttle:
 
 def child_main(fd: int, parent_pid: int, options: CopierOptions) -> None:
     _die_with_parent(parent_pid)
-    # Ctrl-C reaches the whole process group; the supervisor decides what it means.
+    # Ctrl-C, and a hang-up of the terminal, reach the whole process group; the
+    # supervisor decides what they mean.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     stopping = False
     wake_r, wake_w = os.pipe()
 

@@ -6,6 +6,7 @@ import json
 import math
 import operator
 import os
+import re
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,6 +31,19 @@ _KINDS: dict[str, str] = {
 
 _ACTION = "read zarr metadata"
 _SEPARATORS = (".", "/")
+
+# Chunk indices are numpy int64 (ledger rows, unravel/ravel), so every grid position and every
+# extent must fit in one.
+INDEX_LIMIT = 2**63 - 1
+# numpy's unravel_index and ravel_multi_index take at most 64 dimensions; no real array has
+# more than a handful.
+MAX_RANK = 32
+# Metadata is a few kB; hundreds of MB is not metadata, and reading it would cost gigabytes.
+MAX_METADATA_BYTES = 64 * 2**20
+# json.loads recurses once per level and raises RecursionError near 1000; OME-Zarr needs < 10.
+MAX_NESTING = 256
+# A JSON string, so that brackets inside strings do not count as nesting.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,7 @@ class ArrayLayout:
     _n_files: int = field(init=False, repr=False, compare=False)
     _head: str = field(init=False, repr=False, compare=False)
     _key0: str = field(init=False, repr=False, compare=False)
+    _longest: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         rank = len(self.shape)
@@ -67,6 +82,10 @@ class ArrayLayout:
             )
         if self.separator not in _SEPARATORS:
             raise ValueError(f"separator must be '.' or '/', got {self.separator!r}")
+        if rank > MAX_RANK:
+            raise ValueError(f"{rank} dimensions, more than {MAX_RANK}")
+        if grid_cells(self.grid) > INDEX_LIMIT or any(n > INDEX_LIMIT for n in self.shape):
+            raise ValueError(f"grid {self.grid} of shape {self.shape} does not fit in int64")
         strides = []
         stride = 1
         for n in reversed(self.grid):
@@ -80,6 +99,8 @@ class ArrayLayout:
         object.__setattr__(self, "_head", self.prefix + self.separator if self.prefix else "")
         # A 0-d array has exactly one chunk; its key has no coordinates at all.
         object.__setattr__(self, "_key0", self.prefix or "0")
+        last = self.separator.join(str(max(n - 1, 0)) for n in self.grid)
+        object.__setattr__(self, "_longest", len(self._head) + len(last))
 
     @property
     def n_files(self) -> int:
@@ -157,6 +178,8 @@ class ArrayLayout:
         """
         if not self.shape:
             return 0 if key == self._key0 else None
+        if len(key) > self._longest:  # also keeps int() off thousands of digits
+            return None
         head = self._head
         if head:
             if not key.startswith(head):
@@ -197,13 +220,25 @@ class ArrayLayout:
         """The last-axis coordinate a chunk file name stands for, or None (as index())."""
         if not name.isascii() or not name.isdigit() or (name[0] == "0" and len(name) > 1):
             return None
+        if len(name) > 19:  # more than any int64
+            return None
         i = int(name)
         return i if i < self.grid[-1] else None
+
+
+def grid_cells(grid: tuple[int, ...]) -> int:
+    """The grid's size counting an empty axis as 1: numpy checks that this product of the
+    extents fits in int64 even when the grid itself is empty."""
+    return math.prod(max(n, 1) for n in grid)
 
 
 def metadata_kind(name: str) -> str | None:
     """Kind of a metadata file from its basename: "array_v2", "group_v2", "v3", "attrs" or None."""
     return _KINDS.get(name)
+
+
+class MetadataTooLarge(MetadataError):
+    """A metadata file larger than MAX_METADATA_BYTES."""
 
 
 def _show(value: object) -> str:
@@ -221,11 +256,25 @@ def _require(meta: dict[str, Any], name: str, file: str) -> Any:
     return meta[name]
 
 
+def _show_int(value: int) -> str:
+    text = str(value)
+    if len(text) <= 24:
+        return text
+    if text == "1" + "0" * (len(text) - 1):
+        return f"10^{len(text) - 1}"
+    return f"{text[:10]}...({len(text)} digits)"
+
+
 def _int_list(value: object, name: str, minimum: int, file: str) -> tuple[int, ...]:
     # bool is an int subclass; true/false in a shape is malformed, not 1/0.
     if not isinstance(value, list) or not all(type(v) is int and v >= minimum for v in value):
         what = "non-negative integers" if minimum == 0 else f"integers >= {minimum}"
         raise _fail(file, f"{name!r} must be a list of {what}, got {_show(value)}")
+    if len(value) > MAX_RANK:
+        raise _fail(file, f"{name!r} has {len(value)} dimensions, more than {MAX_RANK}")
+    for i, v in enumerate(value):
+        if v > INDEX_LIMIT:
+            raise _fail(file, f"{name}[{i}] = {_show_int(v)} is larger than 2^63-1")
     return tuple(value)
 
 
@@ -333,6 +382,13 @@ def parse_array_metadata(meta: dict, array_path: str, metadata_file: str) -> Arr
             f"{chunks_name!r} has {len(file_shape)} dimensions but 'shape' has {len(shape)}",
         )
     grid = tuple(-(-s // c) for s, c in zip(shape, file_shape, strict=True))
+    cells = grid_cells(grid)
+    if cells > INDEX_LIMIT:
+        raise _fail(
+            file,
+            f"the grid of {'shards' if sharded else 'chunks'} {_show(grid)} has "
+            f"{_show_int(cells)} cells, more than 2^63-1",
+        )
     return ArrayLayout(
         path=array_path,
         zarr_format=fmt,
@@ -349,6 +405,21 @@ def parse_array_metadata(meta: dict, array_path: str, metadata_file: str) -> Arr
 
 def _read_json(file: Path) -> dict | None:
     """Parsed JSON object in `file`, or None if it does not exist (any more)."""
+    raw = read_metadata_bytes(file)
+    if raw is None:
+        return None
+    data = parse_json(raw, str(file))
+    if not isinstance(data, dict):
+        raise _fail(str(file), f"must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_metadata_bytes(file: Path) -> bytes | None:
+    """The bytes of metadata file `file` (at most MAX_METADATA_BYTES), None if it is gone.
+
+    MetadataError when it is a link, not a regular file, too large or unreadable; transient
+    OS errors (EIO, ESTALE, ...) propagate as OSError.
+    """
     try:
         # O_NOFOLLOW: softcopy never follows symlinks. O_NONBLOCK: a FIFO must not hang us.
         fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -359,18 +430,136 @@ def _read_json(file: Path) -> dict | None:
         _raise_unreadable(exc, file)
     try:
         with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
                 raise _fail(str(file), "it is not a regular file")
-            raw = f.read()
+            # One byte more than allowed, so a file growing past the cap is still refused.
+            raw = f.read(MAX_METADATA_BYTES + 1)
     except OSError as exc:
         _raise_unreadable(exc, file)
+    if len(raw) > MAX_METADATA_BYTES:
+        raise MetadataTooLarge(
+            str(file),
+            _ACTION,
+            f"it is {max(st.st_size, len(raw))} bytes, more than the "
+            f"{MAX_METADATA_BYTES // 2**20} MiB softcopy reads as metadata",
+        )
+    return raw
+
+
+def json_nesting(text: str) -> int:
+    """How deeply arrays and objects nest in JSON `text` (brackets inside strings not counted),
+    found without recursion and in time linear in the text."""
+    bare = _JSON_STRING.sub("", text)
+    # Outside strings only ASCII is valid JSON; anything else cannot be a bracket.
+    codes = np.frombuffer(bare.encode("ascii", "replace"), dtype=np.uint8)
+    if codes.size == 0:
+        return 0
+    step = np.isin(codes, (0x5B, 0x7B)).astype(np.int64) - np.isin(codes, (0x5D, 0x7D))
+    return int(np.cumsum(step).max(initial=0))
+
+
+def parse_json(raw: bytes, file: str) -> Any:
+    """`json.loads(raw)`, but every failure is a MetadataError naming `file`: never a
+    RecursionError from deep nesting."""
     try:
-        data = json.loads(raw)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise _fail(str(file), f"not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise _fail(str(file), f"must hold a JSON object, got {type(data).__name__}")
-    return data
+        text = raw.decode(json.detect_encoding(raw))
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise _fail(file, f"not valid JSON ({exc})") from None
+    depth = json_nesting(text)
+    if depth > MAX_NESTING:
+        raise _fail(file, f"nesting deeper than {MAX_NESTING} levels ({depth})")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, int digit limit
+        raise _fail(file, f"not valid JSON ({exc})") from None
+
+
+def attributes_problem(file: Path) -> str | None:
+    """What is wrong with attributes file `file` (.zattrs, .zmetadata) as JSON, or None.
+
+    Attributes are not needed for any layout, so what only softcopy cannot take is no
+    problem: JSON nested too deeply for json.loads is checked without recursion, and a file
+    beyond MAX_METADATA_BYTES is not read (its copy is compared byte for byte anyway).
+    Transient OS errors propagate as OSError.
+    """
+    try:
+        raw = read_metadata_bytes(file)
+    except MetadataTooLarge:
+        return None
+    except MetadataError as exc:
+        return exc.problem
+    if raw is None:
+        return "it vanished"
+    try:
+        parse_json(raw, str(file))
+    except MetadataError as exc:
+        if not exc.problem.startswith("nesting deeper"):
+            return exc.problem
+        return _deep_json_problem(raw.decode(json.detect_encoding(raw)))
+    return None
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_SCALAR = re.compile(
+    r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|true|false|null|NaN|-?Infinity"
+)
+
+
+def _deep_json_problem(text: str) -> str | None:
+    """Whether `text` is one JSON value, like json.loads, but with an explicit stack instead of
+    recursion, so that any depth is fine. The problem found, or None."""
+    closers: list[str] = []  # the bracket that closes each open array or object
+    pos = _WHITESPACE.match(text, 0).end()
+    try:
+        while True:
+            # A value starts at pos.
+            c = text[pos : pos + 1]
+            if c in ("[", "{"):
+                closers.append("]" if c == "[" else "}")
+                pos = _WHITESPACE.match(text, pos + 1).end()
+                if text.startswith(closers[-1], pos):
+                    closers.pop()
+                    pos += 1
+                else:
+                    if c == "{":
+                        pos = _object_key(text, pos)
+                    continue
+            elif c == '"':
+                pos = json.decoder.scanstring(text, pos + 1)[1]
+            else:
+                match = _SCALAR.match(text, pos)
+                if match is None:
+                    return f"not valid JSON (expecting a value at character {pos})"
+                pos = match.end()
+            # A value ended: close what it ends, then expect a separator or the end.
+            while True:
+                pos = _WHITESPACE.match(text, pos).end()
+                if not closers:
+                    return None if pos == len(text) else f"extra data at character {pos}"
+                c = text[pos : pos + 1]
+                if c == closers[-1]:
+                    closers.pop()
+                    pos += 1
+                elif c == ",":
+                    pos = _WHITESPACE.match(text, pos + 1).end()
+                    if closers[-1] == "}":
+                        pos = _object_key(text, pos)
+                    break
+                else:
+                    return f"not valid JSON (expecting ',' or {closers[-1]!r} at character {pos})"
+    except ValueError as exc:  # from scanstring or _object_key
+        return f"not valid JSON ({exc})"
+
+
+def _object_key(text: str, pos: int) -> int:
+    """Past `"key" :` and the whitespace after it."""
+    if not text.startswith('"', pos):
+        raise ValueError(f"expecting a property name at character {pos}")
+    pos = _WHITESPACE.match(text, json.decoder.scanstring(text, pos + 1)[1]).end()
+    if not text.startswith(":", pos):
+        raise ValueError(f"expecting ':' at character {pos}")
+    return _WHITESPACE.match(text, pos + 1).end()
 
 
 def _raise_unreadable(exc: OSError, file: Path) -> NoReturn:
@@ -389,6 +578,16 @@ def read_node(directory: Path, array_path: str) -> ArrayLayout | str | None:
     malformed; transient OS errors (EIO, ESTALE, ...) propagate as OSError.
     """
     directory = Path(directory)
+    try:
+        return _read_node(directory, array_path)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # A parser bug must not kill a copy: every failure reaches the caller as MetadataError.
+        raise _fail(
+            str(directory), f"metadata cannot be handled ({type(exc).__name__}: {_show(str(exc))})"
+        ) from exc
+
+
+def _read_node(directory: Path, array_path: str) -> ArrayLayout | str | None:
     file = directory / "zarr.json"
     meta = _read_json(file)
     if meta is not None:

@@ -1,18 +1,24 @@
 """What the source holds, what the destination holds, and what is in flight, per key.
 
-Chunk files of a known array are kept as rows of numpy arrays indexed by chunk
-index (about 50 bytes per expected chunk), so a ten-million-chunk layout costs
-no Python object per chunk. Every other file (metadata, attributes, logs,
-chunks beyond the current shape) lives in a small dict.
+Chunk files of a known array are numpy rows, so a million files cost no Python object each.
+A row holds the source's version (4 x int64) and one byte of flags: whether the destination
+holds that same version, another one (kept in a small per-array dict until it is replaced:
+only keys the source moved on from since their copy), or none; in flight; seen by the
+current sweep. While most of an array's grid exists, rows are indexed by chunk index
+(dense, 33 bytes per grid cell); otherwise only the files that exist have rows, sorted by
+chunk index (sparse, 41 bytes per file), so a 10^12-cell mosaic canvas with a thousand
+tiles costs a thousand rows. Every other file (metadata, attributes, logs, chunks beyond the
+current shape) lives in a small dict.
 
-A version is (size, mtime_ns, ino) of the source file; -1 in every field means
-absent. The destination column holds the *source* version that was copied
-there, so "needs work" is simply `source != destination`.
+A version is (size, mtime_ns, ino, ctime_ns) of the source file; -1 in every field means
+absent. What the destination holds is always the *source* version that was copied there, so
+"needs work" is "the destination does not hold the source's current version".
 """
 
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -21,58 +27,322 @@ import numpy as np
 from .layout import ArrayLayout
 from .scan import Version
 
-ABSENT = (-1, -1, -1)
+ABSENT = (-1, -1, -1, -1)
+_FIELDS = len(ABSENT)
+
+# Row flags. Neither _SAME nor _OTHER: the destination holds nothing.
+_SAME = np.uint8(1)  # the destination holds the source's current version (never ABSENT)
+_OTHER = np.uint8(2)  # the destination holds `_ArrayState.other_dst[index]`
+_INFLIGHT = np.uint8(4)
+_SEEN = np.uint8(8)  # observed since begin_sweep()
+_COPIED = _SAME | _OTHER
+_LIVE = _SAME | _OTHER | _INFLIGHT
+
+# Grids this small are always dense: a few kB, and no search per key.
+_DENSE_CELLS = 64
+# Sparse rows are appended unsorted (found through a dict) and merged into the sorted rows
+# when there are more than this many, or more than 1/64 of the rows: a merge moves every row,
+# so this bounds its cost to 64 row moves per new file, and the dict to 2 bytes per row.
+_TAIL_ROWS = 64
+# A lookup of more keys than this merges the tail first: one merge beats a dict lookup per key.
+_LOOKUP_MERGE = 1000
 
 
-def _as_row(version: Version | None) -> tuple[int, int, int]:
-    return ABSENT if version is None else (version.size, version.mtime_ns, version.ino)
+def _as_row(version: Version | None) -> tuple[int, ...]:
+    return ABSENT if version is None else tuple(version)
 
 
 def _as_version(row: np.ndarray | tuple) -> Version | None:
     if row[0] < 0:
         return None
-    return Version(int(row[0]), int(row[1]), int(row[2]))
+    return Version(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+
+def _dense_pays(cells: int, files: int) -> bool:
+    # 33 bytes per cell against 41 per file: dense once about 4/5 of the grid exists.
+    return cells <= _DENSE_CELLS or 4 * cells <= 5 * files
 
 
 @dataclass
 class _ArrayState:
+    """The rows of one array's chunk files: dense (row = chunk index) or sparse (`ids`)."""
+
     layout: ArrayLayout
     prefix: str  # "" for the root array, else "path/"
-    src: np.ndarray  # (n, 3) int64
-    dst: np.ndarray  # (n, 3) int64
-    inflight: np.ndarray  # (n,) bool
-    seen: np.ndarray | None = None  # (n,) bool during a sweep
-    # BLAKE3 of the copied version, (n, 32) uint8; allocated only when hashing
+    src: np.ndarray  # (capacity, 4) int64; rows [0, size) are in use
+    flags: np.ndarray  # (capacity,) uint8
+    ids: np.ndarray | None  # sparse: chunk index of each row; None when dense
+    size: int
+    ordered: int  # sparse: rows [0, ordered) are sorted by id; the rest are in `tail`
+    tail: dict[int, int] = field(default_factory=dict)  # id -> row, for rows >= ordered
+    other_dst: dict[int, tuple[int, ...]] = field(default_factory=dict)  # index -> version
+    # BLAKE3 of the copied version, (capacity, 32) uint8; allocated only when hashing
     digest: np.ndarray | None = None
+    sweeping: bool = False
 
-    def set_digest(self, i: int, hexdigest: str) -> None:
+    @classmethod
+    def build(
+        cls,
+        layout: ArrayLayout,
+        ids: np.ndarray,
+        src: np.ndarray,
+        flags: np.ndarray,
+        digest: np.ndarray | None,
+        other_dst: dict[int, tuple[int, ...]],
+    ) -> _ArrayState:
+        """A state holding rows `ids` (distinct chunk indices of `layout`), dense when the
+        grid is small or mostly present, sparse otherwise."""
+        n = layout.n_files
+        prefix = f"{layout.path}/" if layout.path else ""
+        if _dense_pays(n, len(ids)):
+            dense_src = np.full((n, _FIELDS), -1, dtype=np.int64)
+            dense_flags = np.zeros(n, dtype=np.uint8)
+            dense_src[ids] = src
+            dense_flags[ids] = flags
+            dense_digest = None
+            if digest is not None:
+                dense_digest = np.zeros((n, 32), dtype=np.uint8)
+                dense_digest[ids] = digest
+            return cls(
+                layout, prefix, dense_src, dense_flags, None, n, n, {}, other_dst, dense_digest
+            )
+        order = np.argsort(ids, kind="stable")
+        return cls(
+            layout,
+            prefix,
+            np.ascontiguousarray(src[order]),
+            np.ascontiguousarray(flags[order]),
+            np.ascontiguousarray(ids[order], dtype=np.int64),
+            len(ids),
+            len(ids),
+            {},
+            other_dst,
+            None if digest is None else np.ascontiguousarray(digest[order]),
+        )
+
+    # ---- finding rows -------------------------------------------------------------------
+
+    def find(self, index: int) -> int | None:
+        """The row of chunk `index`, or None when it has none (sparse only)."""
+        if self.ids is None:
+            return index
+        p = int(np.searchsorted(self.ids[: self.ordered], index))
+        if p < self.ordered and self.ids[p] == index:
+            return p
+        return self.tail.get(index)
+
+    def row(self, index: int) -> int:
+        """The row of chunk `index`, created (absent, nothing copied) when missing."""
+        r = self.find(index)
+        if r is None:
+            self._add(np.array([index], dtype=np.int64))
+            r = self.find(index)
+            assert r is not None
+        return r
+
+    def rows(self, indices: np.ndarray) -> np.ndarray:
+        """The rows of distinct chunk `indices`, created where missing."""
+        if self.ids is None:
+            return indices
+        found = self._lookup(indices)
+        missing = found < 0
+        if missing.any():
+            self._add(indices[missing])
+            if self.ids is None:  # became dense
+                return indices
+            found = self._lookup(indices)
+        return found
+
+    def _lookup(self, indices: np.ndarray) -> np.ndarray:
+        assert self.ids is not None
+        if self.tail and len(indices) > _LOOKUP_MERGE:
+            self._flush()
+        head = self.ids[: self.ordered]
+        p = np.searchsorted(head, indices)
+        hit = p < self.ordered
+        hit[hit] = head[p[hit]] == indices[hit]
+        out = np.where(hit, p, -1)
+        if self.tail:
+            for k in np.flatnonzero(~hit).tolist():
+                out[k] = self.tail.get(int(indices[k]), -1)
+        return out
+
+    def _add(self, new: np.ndarray) -> None:
+        """Rows for chunk indices that have none yet (absent, nothing copied)."""
+        assert self.ids is not None
+        new = np.unique(new)
+        start, k = self.size, len(new)
+        self._reserve(k)
+        self.ids[start : start + k] = new
+        self.src[start : start + k] = -1
+        self.flags[start : start + k] = 0
+        if self.digest is not None:
+            self.digest[start : start + k] = 0
+        self.size += k
+        if _dense_pays(self.layout.n_files, self.size):
+            self._densify()
+        elif self.size - self.ordered > max(_TAIL_ROWS, self.ordered // 64):
+            self._flush()
+        else:
+            self.tail.update(zip(new.tolist(), range(start, start + k), strict=True))
+
+    def _reserve(self, k: int) -> None:
+        assert self.ids is not None
+        capacity = len(self.ids)
+        if self.size + k <= capacity:
+            return
+        # Grow by a quarter: amortised appends, and at most 25% of the rows allocated unused.
+        capacity = max(self.size + k, capacity + capacity // 4 + 16)
+        self.src = _resized(self.src, self.size, capacity)
+        self.flags = _resized(self.flags, self.size, capacity)
+        self.ids = _resized(self.ids, self.size, capacity)
+        if self.digest is not None:
+            self.digest = _resized(self.digest, self.size, capacity)
+
+    def _flush(self, compact: bool = False) -> None:
+        """Merge the tail into the sorted rows; with `compact`, drop rows that hold nothing.
+
+        Never compact while a caller holds rows it found or made: an empty row may be the one
+        it is about to fill.
+        """
+        assert self.ids is not None
+        n = self.size
+        # Stable argsort is a timsort here: a sorted run and a short tail merge in linear time.
+        order = np.argsort(self.ids[:n], kind="stable")
+        if compact:
+            keep = (self.src[:n, 0] >= 0) | ((self.flags[:n] & _LIVE) != 0)
+            order = order[keep[order]]
+        self.ids = self.ids[order]
+        self.src = self.src[order]
+        self.flags = self.flags[order]
+        if self.digest is not None:
+            self.digest = self.digest[order]
+        self.size = self.ordered = len(order)
+        self.tail = {}
+
+    def compact(self) -> None:
+        """Drop the rows of files deleted at both ends, once they are an eighth of the rows."""
+        if self.ids is None:
+            return
+        dead = self.size - len(self.live())
+        if dead and 8 * dead >= self.size:
+            self._flush(compact=True)
+
+    def _densify(self) -> None:
+        assert self.ids is not None
+        n = self.size
+        state = _ArrayState.build(
+            self.layout,
+            self.ids[:n],
+            self.src[:n],
+            self.flags[:n],
+            None if self.digest is None else self.digest[:n],
+            self.other_dst,
+        )
+        self.src, self.flags, self.ids, self.digest = state.src, state.flags, None, state.digest
+        self.size = self.ordered = state.size
+        self.tail = {}
+
+    # ---- rows -------------------------------------------------------------------------------
+
+    def index_of(self, rows: np.ndarray) -> np.ndarray:
+        return rows if self.ids is None else self.ids[rows]
+
+    def live(self) -> np.ndarray:
+        """Rows that hold anything: a source version, a copied version or a job."""
+        n = self.size
+        return np.flatnonzero((self.src[:n, 0] >= 0) | ((self.flags[:n] & _LIVE) != 0))
+
+    def pending(self, with_inflight: bool = True) -> np.ndarray:
+        """Mask of rows whose destination does not hold the source's current version."""
+        n = self.size
+        flags = self.flags[:n]
+        need = ((flags & _SAME) == 0) & ((self.src[:n, 0] >= 0) | ((flags & _OTHER) != 0))
+        if not with_inflight:
+            need &= (flags & _INFLIGHT) == 0
+        return need
+
+    def set_source(self, r: int, index: int, row: tuple[int, ...]) -> None:
+        flags = self.flags[r]
+        if flags & _SAME:
+            # The destination keeps the version the source just moved away from.
+            self.other_dst[index] = tuple(self.src[r].tolist())
+            flags = (flags & ~_SAME) | _OTHER
+        elif flags & _OTHER and self.other_dst.get(index) == row:
+            del self.other_dst[index]
+            flags = (flags & ~_OTHER) | _SAME
+        self.src[r] = row
+        self.flags[r] = flags
+
+    def set_sources(self, rows: np.ndarray, indices: np.ndarray, new: np.ndarray) -> None:
+        """set_source() for many rows whose versions differ from `new`, vectorised except for
+        keys copied before (each of which needs a new copy anyway)."""
+        flags = self.flags[rows]
+        copied = np.flatnonzero((flags & _COPIED) != 0)
+        if copied.size:
+            old = self.src[rows[copied]].tolist()
+            fresh = new[copied].tolist()
+            for k, i, before, after in zip(
+                copied.tolist(), indices[copied].tolist(), old, fresh, strict=True
+            ):
+                if flags[k] & _SAME:
+                    self.other_dst[i] = tuple(before)
+                    flags[k] = (flags[k] & ~_SAME) | _OTHER
+                elif self.other_dst.get(i) == tuple(after):
+                    del self.other_dst[i]
+                    flags[k] = (flags[k] & ~_OTHER) | _SAME
+        self.src[rows] = new
+        self.flags[rows] = flags
+
+    def set_copied(self, r: int, index: int, row: tuple[int, ...]) -> None:
+        flags = self.flags[r] & ~(_COPIED | _INFLIGHT)
+        self.other_dst.pop(index, None)
+        if row == ABSENT:
+            pass
+        elif row == tuple(self.src[r].tolist()):
+            flags |= _SAME
+        else:
+            flags |= _OTHER
+            self.other_dst[index] = row
+        self.flags[r] = flags
+
+    def copied_row(self, r: int, index: int) -> tuple[int, ...]:
+        flags = self.flags[r]
+        if flags & _SAME:
+            return tuple(self.src[r].tolist())
+        if flags & _OTHER:
+            return self.other_dst[index]
+        return ABSENT
+
+    def set_digest(self, r: int, hexdigest: str) -> None:
         if self.digest is None:
             if not hexdigest:
                 return
             self.digest = np.zeros((len(self.src), 32), dtype=np.uint8)
-        self.digest[i] = np.frombuffer(bytes.fromhex(hexdigest), dtype=np.uint8) if hexdigest else 0
+        self.digest[r] = np.frombuffer(bytes.fromhex(hexdigest), dtype=np.uint8) if hexdigest else 0
 
-    def get_digest(self, i: int) -> str:
-        if self.digest is None or not self.digest[i].any():
+    def get_digest(self, r: int) -> str:
+        if self.digest is None or not self.digest[r].any():
             return ""
-        return self.digest[i].tobytes().hex()
+        return self.digest[r].tobytes().hex()
 
-    @classmethod
-    def empty(cls, layout: ArrayLayout) -> _ArrayState:
-        n = layout.n_files
-        return cls(
-            layout,
-            f"{layout.path}/" if layout.path else "",
-            np.full((n, 3), -1, dtype=np.int64),
-            np.full((n, 3), -1, dtype=np.int64),
-            np.zeros(n, dtype=bool),
-        )
+    def memory_bytes(self) -> int:
+        arrays = (self.src, self.flags, self.ids, self.digest)
+        total = sum(a.nbytes for a in arrays if a is not None)
+        # The dicts' own tables (their int keys are small or shared by the rows' values).
+        return total + sys.getsizeof(self.tail) + sys.getsizeof(self.other_dst)
+
+
+def _resized(a: np.ndarray, used: int, capacity: int) -> np.ndarray:
+    out = np.empty((capacity, *a.shape[1:]), dtype=a.dtype)
+    out[:used] = a[:used]
+    return out
 
 
 @dataclass
 class _Other:
-    src: tuple[int, int, int] = ABSENT
-    dst: tuple[int, int, int] = ABSENT
+    src: tuple[int, ...] = ABSENT
+    dst: tuple[int, ...] = ABSENT
     inflight: bool = False
     digest: str = ""
 
@@ -94,74 +364,102 @@ class Ledger:
     def set_layout(self, layout: ArrayLayout) -> bool:
         """Register or update one array; returns True when its file grid changed."""
         old = self.arrays.get(layout.path)
-        if old is not None and old.layout.grid == layout.grid and old.layout == layout:
+        if old is not None and _same_files(old.layout, layout):
+            old.layout = layout  # dtype, fill value...: nothing the rows depend on
             return False
-        new = _ArrayState.empty(layout)
+        parts = []
         if old is not None:
-            self._carry_over(old, new)
-        self.arrays[layout.path] = new
+            parts.append(self._carry_over(old, layout))
+        # After the carry-over: rows it moved to the dict may still be keys of the new grid.
+        parts.append(self._adoptable(layout))
+        ids = np.concatenate([p[0] for p in parts])
+        src = np.concatenate([p[1] for p in parts])
+        flags = np.concatenate([p[2] for p in parts])
+        digest = None
+        if any(p[3] is not None for p in parts):
+            digest = np.concatenate(
+                [p[3] if p[3] is not None else np.zeros((len(p[0]), 32), np.uint8) for p in parts]
+            )
+        other_dst = {k: v for p in parts for k, v in p[4].items()}
+        self.arrays[layout.path] = _ArrayState.build(layout, ids, src, flags, digest, other_dst)
         self._stale = True
         self._dir_cache.clear()
-        self._adopt_others(new)
         return True
 
     def drop_array(self, path: str) -> None:
         """The array's metadata vanished: its files become plain files."""
         state = self.arrays.pop(path, None)
         if state is not None:
-            self._move_out(state)
+            self._move_out(state, state.live())
             self._dir_cache.clear()
 
-    def _carry_over(self, old: _ArrayState, new: _ArrayState) -> None:
-        """Move rows from an old grid to a new one rows that no longer fit go to the dict.
+    def _carry_over(self, old: _ArrayState, layout: ArrayLayout) -> _Rows:
+        """The rows of an old grid that fit the new one; the others move to the dict.
 
         A growing time axis is the common case, so this is vectorised: one
         unravel/ravel pass, no Python loop over chunks.
         """
-        a, b = old.layout, new.layout
+        a, b = old.layout, layout
         same_keys = (a.prefix, a.separator, a.file_shape) == (b.prefix, b.separator, b.file_shape)
-        touched = _touched(old)
+        rows = old.live()
         if not same_keys or len(a.grid) != len(b.grid):
-            self._move_out(old, touched)
-            return
-        coords = np.unravel_index(touched, a.grid)
-        fits = np.ones(len(touched), dtype=bool)
+            self._move_out(old, rows)
+            return _no_rows()
+        index = old.index_of(rows)
+        coords = np.unravel_index(index, a.grid)
+        fits = np.ones(len(rows), dtype=bool)
         for axis, extent in enumerate(b.grid):
             fits &= coords[axis] < extent
         target = np.ravel_multi_index(tuple(c[fits] for c in coords), b.grid)
-        source = touched[fits]
-        new.src[target] = old.src[source]
-        new.dst[target] = old.dst[source]
-        new.inflight[target] = old.inflight[source]
-        if old.digest is not None:
-            new.digest = np.zeros((len(new.src), 32), dtype=np.uint8)
-            new.digest[target] = old.digest[source]
-        self._move_out(old, touched[~fits])
+        kept = rows[fits]
+        moved = dict(zip(index[fits].tolist(), target.tolist(), strict=True))
+        other_dst = {moved[i]: v for i, v in old.other_dst.items() if i in moved}
+        self._move_out(old, rows[~fits])
+        digest = None if old.digest is None else old.digest[kept]
+        flags = old.flags[kept] & ~_SEEN
+        return target.astype(np.int64), old.src[kept], flags, digest, other_dst
 
-    def _move_out(self, state: _ArrayState, touched: np.ndarray | None = None) -> None:
-        """Carry known rows of an array into the dict (its grid no longer covers them)."""
-        if touched is None:
-            touched = _touched(state)
-        for i, key in zip(touched, state.layout.keys(touched), strict=True):
+    def _move_out(self, state: _ArrayState, rows: np.ndarray) -> None:
+        """Carry rows of an array into the dict (its grid no longer covers them)."""
+        index = state.index_of(rows)
+        for r, i, key in zip(rows.tolist(), index.tolist(), state.layout.keys(index), strict=True):
             self.other[state.prefix + key] = _Other(
-                tuple(int(x) for x in state.src[i]),
-                tuple(int(x) for x in state.dst[i]),
-                bool(state.inflight[i]),
-                state.get_digest(i),
+                tuple(state.src[r].tolist()),
+                state.copied_row(r, i),
+                bool(state.flags[r] & _INFLIGHT),
+                state.get_digest(r),
             )
 
-    def _adopt_others(self, state: _ArrayState) -> None:
-        """Files seen before their array's metadata move into the array's rows."""
-        prefix = state.prefix
+    def _adoptable(self, layout: ArrayLayout) -> _Rows:
+        """Files seen before their array's metadata, taken out of the dict as rows."""
+        prefix = f"{layout.path}/" if layout.path else ""
+        found: list[tuple[int, _Other]] = []
         for key in [k for k in self.other if k.startswith(prefix)]:
-            index = state.layout.index(key[len(prefix) :])
-            if index is None:
-                continue
-            entry = self.other.pop(key)
-            state.src[index] = entry.src
-            state.dst[index] = entry.dst
-            state.inflight[index] = entry.inflight
-            state.set_digest(index, entry.digest)
+            index = layout.index(key[len(prefix) :])
+            if index is not None:
+                found.append((index, self.other.pop(key)))
+        if not found:
+            return _no_rows()
+        ids = np.array([i for i, _ in found], dtype=np.int64)
+        src = np.array([e.src for _, e in found], dtype=np.int64).reshape(-1, _FIELDS)
+        flags = np.zeros(len(found), dtype=np.uint8)
+        other_dst: dict[int, tuple[int, ...]] = {}
+        digest = None
+        if any(e.digest for _, e in found):
+            digest = np.zeros((len(found), 32), dtype=np.uint8)
+        for k, (i, e) in enumerate(found):
+            if e.dst == ABSENT:
+                pass
+            elif e.dst == e.src:
+                flags[k] |= _SAME
+            else:
+                flags[k] |= _OTHER
+                other_dst[i] = e.dst
+            if e.inflight:
+                flags[k] |= _INFLIGHT
+            if digest is not None and e.digest:
+                digest[k] = np.frombuffer(bytes.fromhex(e.digest), dtype=np.uint8)
+        return ids, src, flags, digest, other_dst
 
     def locate(self, key: str) -> tuple[_ArrayState, int] | None:
         slash = key.rfind("/")
@@ -201,11 +499,15 @@ class Ledger:
         hit = self.locate(key)
         if hit is not None:
             state, i = hit
-            if state.seen is not None:
-                state.seen[i] = True
-            if tuple(state.src[i]) == row:
+            # An absent file that has no row needs none: absent is what a missing row means.
+            r = state.find(i) if version is None else state.row(i)
+            if r is None:
                 return False
-            state.src[i] = row
+            if state.sweeping:
+                state.flags[r] |= _SEEN
+            if tuple(state.src[r].tolist()) == row:
+                return False
+            state.set_source(r, i, row)
             self._stale = True
             return True
         if self._seen_other is not None:
@@ -247,12 +549,14 @@ class Ledger:
         for state, indices, versions, keys in groups.values():
             idx = np.fromiter(indices, dtype=np.int64, count=len(indices))
             flat = itertools.chain.from_iterable(versions)  # far cheaper than np.array(tuples)
-            rows = np.fromiter(flat, dtype=np.int64, count=3 * len(versions)).reshape(-1, 3)
-            if state.seen is not None:
-                state.seen[idx] = True
-            differs = (state.src[idx] != rows).any(axis=1)
+            new = np.fromiter(flat, dtype=np.int64, count=_FIELDS * len(versions))
+            new = new.reshape(-1, _FIELDS)
+            rows = state.rows(idx)
+            if state.sweeping:
+                state.flags[rows] |= _SEEN
+            differs = (state.src[rows] != new).any(axis=1)
             if differs.any():
-                state.src[idx[differs]] = rows[differs]
+                state.set_sources(rows[differs], idx[differs], new[differs])
                 self._stale = True
                 changed.extend(k for k, d in zip(keys, differs.tolist(), strict=True) if d)
         return changed
@@ -263,9 +567,11 @@ class Ledger:
         hit = self.locate(key)
         if hit is not None:
             state, i = hit
-            state.dst[i] = row
-            state.inflight[i] = False
-            state.set_digest(i, digest)
+            r = state.find(i) if version is None else state.row(i)
+            if r is None:
+                return
+            state.set_copied(r, i, row)
+            state.set_digest(r, digest)
             self._stale = True
             return
         entry = self.other.get(key)
@@ -278,22 +584,29 @@ class Ledger:
         entry.digest = digest
         if entry.src == ABSENT and entry.dst == ABSENT:
             del self.other[key]
+        elif entry.src != entry.dst:
+            # Work that no observation queued (a file only at the destination, found at
+            # the start of a resumed run): the next take() must look for it.
+            self._stale = True
 
     def begin_sweep(self) -> None:
         """Start a full scan: every key observed from now on counts as seen."""
         for state in self.arrays.values():
-            state.seen = np.zeros(len(state.src), dtype=bool)
+            state.flags[: state.size] &= ~_SEEN
+            state.sweeping = True
         self._seen_other = set()
 
     def end_sweep(self) -> list[str]:
         """Keys the source held before the scan that the scan did not see (maybe deleted)."""
         gone: list[str] = []
         for state in self.arrays.values():
-            if state.seen is None:  # registered during the scan: every row was observed in it
+            if not state.sweeping:  # registered during the scan: every row was observed in it
                 continue
-            missing = np.flatnonzero((state.src[:, 0] >= 0) & ~state.seen)
-            gone.extend(state.prefix + k for k in state.layout.keys(missing))
-            state.seen = None
+            n = state.size
+            missing = np.flatnonzero((state.src[:n, 0] >= 0) & ((state.flags[:n] & _SEEN) == 0))
+            gone.extend(state.prefix + k for k in state.layout.keys(state.index_of(missing)))
+            state.sweeping = False
+            state.compact()
         seen = self._seen_other or set()
         gone.extend(k for k, e in self.other.items() if e.src != ABSENT and k not in seen)
         self._seen_other = None
@@ -308,21 +621,30 @@ class Ledger:
         hit = self.locate(key)
         if hit is not None:
             state, i = hit
-            state.inflight[i] = inflight
+            r = state.find(i)
+            if r is not None:
+                if inflight:
+                    state.flags[r] |= _INFLIGHT
+                else:
+                    state.flags[r] &= ~_INFLIGHT
         elif key in self.other:
             self.other[key].inflight = inflight
 
     def source(self, key: str) -> Version | None:
         hit = self.locate(key)
         if hit is not None:
-            return _as_version(hit[0].src[hit[1]])
+            state, i = hit
+            r = state.find(i)
+            return None if r is None else _as_version(state.src[r])
         entry = self.other.get(key)
         return None if entry is None else _as_version(entry.src)
 
     def copied(self, key: str) -> Version | None:
         hit = self.locate(key)
         if hit is not None:
-            return _as_version(hit[0].dst[hit[1]])
+            state, i = hit
+            r = state.find(i)
+            return None if r is None else _as_version(state.copied_row(r, i))
         entry = self.other.get(key)
         return None if entry is None else _as_version(entry.dst)
 
@@ -336,18 +658,27 @@ class Ledger:
         for state in self.arrays.values():
             if state.digest is None:
                 continue
-            rows = np.flatnonzero(state.digest.any(axis=1) & (state.dst[:, 0] >= 0))
-            for i, key in zip(rows, state.layout.keys(rows), strict=True):
-                version = _as_version(state.dst[i])
+            n = state.size
+            rows = np.flatnonzero(state.digest[:n].any(axis=1) & ((state.flags[:n] & _COPIED) != 0))
+            index = state.index_of(rows)
+            keys = state.layout.keys(index)
+            for r, i, key in zip(rows.tolist(), index.tolist(), keys, strict=True):
+                version = _as_version(state.copied_row(r, i))
                 assert version is not None
-                known[state.prefix + key] = (version, state.get_digest(i))
+                known[state.prefix + key] = (version, state.get_digest(r))
         return known
 
     def needs_work(self, key: str) -> bool:
         hit = self.locate(key)
         if hit is not None:
             state, i = hit
-            return not state.inflight[i] and bool((state.src[i] != state.dst[i]).any())
+            r = state.find(i)
+            if r is None:
+                return False
+            flags = state.flags[r]
+            if flags & (_INFLIGHT | _SAME):
+                return False
+            return bool(flags & _OTHER) or bool(state.src[r, 0] >= 0)
         entry = self.other.get(key)
         return entry is not None and not entry.inflight and entry.src != entry.dst
 
@@ -377,9 +708,15 @@ class Ledger:
         seen = set(self._queue)
         chunks: list[str] = []
         for state in self.arrays.values():
-            need = (state.src != state.dst).any(axis=1) & ~state.inflight
-            indices = np.flatnonzero(need)[: most - len(chunks)]
-            chunks.extend(state.prefix + k for k in state.layout.keys(indices))
+            budget = most - len(chunks)
+            index = state.index_of(np.flatnonzero(state.pending(with_inflight=False)))
+            if state.ids is None:
+                index = index[:budget]  # dense rows are in chunk order already
+            else:
+                if len(index) > budget:
+                    index = np.partition(index, budget - 1)[:budget]
+                index = np.sort(index)
+            chunks.extend(state.prefix + k for k in state.layout.keys(index))
             if len(chunks) >= most:
                 break
         # A full refill may have left rows behind; an empty queue must look again.
@@ -395,7 +732,7 @@ class Ledger:
     def pending_count(self) -> int:
         n = sum(1 for e in self.other.values() if e.src != e.dst)
         for state in self.arrays.values():
-            n += int((state.src != state.dst).any(axis=1).sum())
+            n += int(state.pending().sum())
         return n
 
     def pending_totals(self, block: int = 1) -> tuple[int, int]:
@@ -410,34 +747,59 @@ class Ledger:
                 files += 1
                 nbytes += -(-max(e.src[0], 0) // block) * block
         for state in self.arrays.values():
-            need = (state.src != state.dst).any(axis=1)
+            need = state.pending()
             files += int(need.sum())
-            sizes = np.clip(state.src[need, 0], 0, None)
+            sizes = np.clip(state.src[: state.size][need, 0], 0, None)
             nbytes += int((-(-sizes // block) * block).sum())
         return files, nbytes
+
+    def source_totals(self) -> tuple[int, int, int]:
+        """(files at the source now, their bytes, how many of them the destination holds)."""
+        files = nbytes = done = 0
+        for e in self.other.values():
+            if e.src != ABSENT:
+                files += 1
+                nbytes += e.src[0]
+                done += e.src == e.dst
+        for state in self.arrays.values():
+            src = state.src[: state.size]
+            here = src[:, 0] >= 0
+            files += int(here.sum())
+            nbytes += int(src[here, 0].sum())
+            done += int((here & ((state.flags[: state.size] & _SAME) != 0)).sum())
+        return files, nbytes, done
 
     # ---- completeness --------------------------------------------------------------
 
     def expected_counts(self) -> tuple[int, int]:
         """(chunk files present at the source, chunk files the layouts allow)."""
-        present = sum(int((s.src[:, 0] >= 0).sum()) for s in self.arrays.values())
+        present = sum(_present(s) for s in self.arrays.values())
         expected = sum(s.layout.n_files for s in self.arrays.values())
         return present, expected
 
     def all_expected_present(self) -> bool:
         if not self.arrays:
             return False
-        return all(bool((s.src[:, 0] >= 0).all()) for s in self.arrays.values())
+        # Counted, not compared cell by cell: a sparse grid has fewer rows than cells.
+        return all(_present(s) == s.layout.n_files for s in self.arrays.values())
 
     def memory_bytes(self) -> int:
-        return sum(
-            s.src.nbytes
-            + s.dst.nbytes
-            + s.inflight.nbytes
-            + (0 if s.digest is None else s.digest.nbytes)
-            for s in self.arrays.values()
-        )
+        return sum(s.memory_bytes() for s in self.arrays.values())
 
 
-def _touched(state: _ArrayState) -> np.ndarray:
-    return np.flatnonzero((state.src[:, 0] >= 0) | (state.dst[:, 0] >= 0) | state.inflight)
+# (chunk indices, source rows, flags, digests or None, copied versions kept aside)
+_Rows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, dict[int, tuple[int, ...]]]
+
+
+def _no_rows() -> _Rows:
+    empty = np.zeros(0, dtype=np.int64)
+    return empty, np.zeros((0, _FIELDS), np.int64), np.zeros(0, np.uint8), None, {}
+
+
+def _present(state: _ArrayState) -> int:
+    return int((state.src[: state.size, 0] >= 0).sum())
+
+
+def _same_files(a: ArrayLayout, b: ArrayLayout) -> bool:
+    """Whether two layouts name the same chunk files at the same indices."""
+    return (a.path, a.grid, a.prefix, a.separator) == (b.path, b.grid, b.prefix, b.separator)

@@ -3,27 +3,50 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 
 from blake3 import blake3
 
 from . import __version__
+from .inputs import open_input
+from .names import json_record, utf8_text
+from .records import RecordFile, write_file
 
 MANIFEST = "manifest.b3"
 CERTIFICATE = "certificate.json"
 
 
 def format_line(digest: str, key: str) -> str:
-    """One line exactly as `b3sum` 1.x prints it, so `b3sum --check` accepts the file.
+    """One line as `b3sum` 1.x prints it, byte for byte, for every name b3sum can print.
 
     b3sum escapes a backslash as `\\\\` and a newline as `\\n` in the name, and
-    then starts the line with a backslash; nothing else is escaped.
+    then starts the line with a backslash; nothing else is escaped. A name that is
+    not UTF-8 b3sum prints with U+FFFD in place of its bytes, and `b3sum --check`
+    refuses such a line ("Unicode replacement character in path"): no line can make
+    b3sum check that file. Its line here is escaped the same way with each raw byte as
+    `\\xNN` (b3sum never writes `\\x`: it doubles every backslash), so the manifest
+    stays UTF-8 text that `b3sum --check` reads, checking every other file and
+    reporting that one line, while softcopy's own check keeps the exact name.
     """
+    if not key.isascii() and not _is_utf8(key):
+        escaped = key.replace("\\", "\\\\").replace("\n", "\\n")
+        return "\\" + digest + "  " + _escape_raw_bytes(escaped) + "\n"
     if "\\" in key or "\n" in key:
         return "\\" + digest + "  " + key.replace("\\", "\\\\").replace("\n", "\\n") + "\n"
     return f"{digest}  {key}\n"
+
+
+def _is_utf8(key: str) -> bool:
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escape_raw_bytes(text: str) -> str:
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
 
 
 def parse_line(line: str) -> tuple[str, str]:
@@ -33,10 +56,13 @@ def parse_line(line: str) -> tuple[str, str]:
     body = body.rstrip("\n")
     digest, sep, key = body.partition("  ")
     if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise ValueError(f"not a b3sum line: {line!r}")
+        raise ValueError(f"not a b3sum line: {utf8_text(line)!r}")
     if escaped:
         key = _unescape(key)
     return digest, key
+
+
+_HEX = "0123456789abcdef"
 
 
 def _unescape(text: str) -> str:
@@ -46,7 +72,13 @@ def _unescape(text: str) -> str:
         c = text[i]
         if c == "\\" and i + 1 < len(text):
             nxt = text[i + 1]
-            # `\r`: newer b3sum releases escape a carriage return too; older ones never
+            raw = text[i + 2 : i + 4]
+            if nxt == "x" and len(raw) == 2 and raw[0] in "89abcdef" and raw[1] in _HEX:
+                # A byte of a name that is not UTF-8 (format_line): the key os.scandir gives.
+                out.append(chr(0xDC00 + int(raw, 16)))
+                i += 4
+                continue
+            # `\\r`: newer b3sum releases escape a carriage return too; older ones never
             # write it (they double every backslash), so reading it is unambiguous.
             out.append({"\\": "\\", "n": "\n", "r": "\r"}.get(nxt, "\\" + nxt))
             i += 2
@@ -56,7 +88,7 @@ def _unescape(text: str) -> str:
     return "".join(out)
 
 
-def write_manifest(path: Path, digests: dict[str, str]) -> str:
+def write_manifest(path: Path | RecordFile, digests: dict[str, str]) -> str:
     """Write the manifest atomically (sorted by key); returns the manifest's own BLAKE3."""
     text = "".join(format_line(digests[key], key) for key in sorted(digests))
     data = text.encode("utf-8", "surrogateescape")
@@ -64,10 +96,34 @@ def write_manifest(path: Path, digests: dict[str, str]) -> str:
     return blake3(data).hexdigest()
 
 
-def read_manifest(path: Path) -> dict[str, str]:
+# The longest line a key can need: PATH_MAX bytes, each escaped as \\xNN at worst.
+MAX_LINE = 1 + 64 + 2 + 4 * 4096 + 1
+
+
+def read_manifest(path: Path | RecordFile, missing: str | None = None) -> dict[str, str]:
+    """Digests by key from a b3sum manifest (a regular file: not a FIFO, not a device).
+
+    Lines are UTF-8; raw bytes (manifests written before names were escaped) are read
+    as the names they are. A line longer than any key can make is an error, not memory.
+    ConfigError when it is missing (`missing` says what to do) or not a regular file.
+    """
     digests: dict[str, str] = {}
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="\n") as f:
-        for number, line in enumerate(f, 1):
+    if isinstance(path, RecordFile):  # softcopy's own record: never through a link
+        opened = path.open_input("read manifest", missing)
+    else:
+        opened = open_input(path, "read manifest", missing)
+    with opened as f:
+        number = 0
+        while True:
+            raw = f.readline(MAX_LINE + 1)
+            if not raw:
+                break
+            number += 1
+            if len(raw) > MAX_LINE:
+                raise ValueError(
+                    f"{path}:{number}: line longer than {MAX_LINE} bytes: not a b3sum manifest"
+                )
+            line = raw.decode("utf-8", "surrogateescape")
             if not line.strip():
                 continue
             try:
@@ -78,25 +134,13 @@ def read_manifest(path: Path) -> dict[str, str]:
     return digests
 
 
-def write_certificate(path: Path, record: dict) -> None:
+def write_certificate(path: Path | RecordFile, record: dict) -> None:
     """Written last, and only after verification passed: its presence is the promise."""
     body = {"softcopy_version": __version__, "host": socket.gethostname(), **record}
+    body = json_record(body)  # strict JSON: a name's raw bytes go to names_hex
     write_atomic(path, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode())
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def write_atomic(path: Path | RecordFile, data: bytes) -> None:
+    """Temporary, fsync, rename, fsync the folder; never through a link (see records.py)."""
+    write_file(path, data)

@@ -60,5 +60,5 @@ def plan_all(
         here, there = source.get(key), destination.get(key)
         action = decide(here, there, journaled.get(key), owned)
         if action is not None:
-            plan.add(action, (here or there or Version(0, 0, 0)).size)
+            plan.add(action, (here or there or Version(0, 0, 0, 0)).size)
     return plan

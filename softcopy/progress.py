@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from .names import json_record, shown
 from .units import human_bytes
 
 log = logging.getLogger("softcopy")
@@ -107,6 +108,8 @@ class TargetRow:
     findings: int = 0
     error: str = ""
     paused: bool = False  # copiers held back while the source disk is busy
+    files_done: int | None = None  # files the destination holds as the source has them
+    files_at_source: int | None = None
     last_time: float = 0.0
     last_log: float | None = None  # event time of the last periodic log line
 
@@ -130,6 +133,9 @@ class TargetRow:
         return format_lag(self.lag_p50, self.lag_max)
 
     def files_text(self) -> str:
+        if self.files_at_source is not None and self.files_done is not None:
+            # Files at the destination as they are at the source, of the files there now.
+            return f"{min(self.files_done, self.files_at_source)}/{self.files_at_source}"
         total = self.files_total
         return f"{self.files_copied}" if total is None else f"{self.files_copied}/{total}"
 
@@ -153,7 +159,7 @@ class TargetRow:
         if kind == "progress":
             for name in (
                 "files_copied", "bytes_copied", "files_pending", "bytes_pending",
-                "chunks_present", "chunks_expected",
+                "chunks_present", "chunks_expected", "files_done", "files_at_source",
             ):  # fmt: skip
                 if event.get(name) is not None:
                     setattr(self, name, int(event[name]))
@@ -178,8 +184,11 @@ class TargetRow:
         elif kind == "summary":
             self.files_copied = int(event.get("files_copied") or 0)
             self.bytes_copied = int(event.get("bytes_copied") or 0)
+            if event.get("files_at_source") is not None:
+                self.files_at_source = int(event["files_at_source"])
             if self.state == "done":
                 self.files_pending = self.bytes_pending = 0
+                self.files_done = self.files_at_source
             self.failures = len(event.get("failures") or {})
             self.findings = len(event.get("findings") or [])
             self.error = str(event.get("error") or "")
@@ -188,7 +197,7 @@ class TargetRow:
 
     def log_line(self) -> str:
         files, nbytes = self.files_text(), self.bytes_text()
-        parts = [f"{self.source}: {self.state_text()}; {files} files ({nbytes}) copied"]
+        parts = [f"{shown(self.source)}: {self.state_text()}; {files} files ({nbytes}) copied"]
         if self.rate is not None:
             parts.append(format_rate(self.rate))
         eta = self.eta
@@ -275,7 +284,9 @@ class Reporter:
 
     def _write_json(self, event: dict[str, Any]) -> None:
         assert self.json_out is not None
-        text = json.dumps({"schema": SCHEMA, **event}, default=str)
+        # Names that are not UTF-8 travel as text plus `names_hex` (names.json_record):
+        # every line is strict JSON that any reader accepts.
+        text = json.dumps(json_record({"schema": SCHEMA, **event}), default=str)
         try:
             self.json_out.write(text + "\n")
             self.json_out.flush()
@@ -345,7 +356,7 @@ class Reporter:
         with self._lock:
             rows = [
                 (
-                    f"{r.source}\0{r.destination}",
+                    f"{shown(r.source)}\0{shown(r.destination)}",
                     r.state_text(),
                     r.files_text(),
                     r.bytes_text(),

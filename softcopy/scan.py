@@ -20,15 +20,21 @@ _TEMP_ENDINGS = (".__lock", ".partial")
 
 
 class Version(NamedTuple):
-    """What identifies one content of a file: a rename by the writer changes the inode."""
+    """What identifies one content of a file: a rename by the writer changes the inode.
+
+    ctime is part of it because a writer can restore mtime after rewriting in
+    place, but nobody can set ctime. On filesystems with coarse timestamps even
+    all four can repeat (a reused inode within the same second): see racy.py.
+    """
 
     size: int
     mtime_ns: int
     ino: int
+    ctime_ns: int = 0
 
 
 def version_of(st: os.stat_result) -> Version:
-    return Version(st.st_size, st.st_mtime_ns, st.st_ino)
+    return Version(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
 def is_temporary(name: str) -> bool:
@@ -125,7 +131,7 @@ def scan_tree(root: str, rel: str = "", on_dir: Callable[[str], None] | None = N
         if temporary:
             result.temporary.append(key)
         elif is_reg(st.st_mode):  # type: ignore[union-attr]
-            files[key] = Version(st.st_size, st.st_mtime_ns, st.st_ino)  # type: ignore[union-attr]
+            files[key] = Version(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)  # type: ignore[union-attr]
         elif is_lnk(st.st_mode):  # type: ignore[union-attr]
             result.links.add(key)
         # sockets, fifos, devices: not data, never copied

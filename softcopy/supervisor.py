@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import fnmatch
+import heapq
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,11 +30,32 @@ from .layout import ArrayLayout, metadata_kind, read_node
 from .ledger import Ledger
 from .manifest import CERTIFICATE, MANIFEST, write_certificate, write_manifest
 from .mounts import events_unreliable, filesystem_type
+from .names import json_record, shown
 from .plan import COMPARE, COPY, DELETE, KEEP_EXTRA, TRUST, decide, plan_all
 from .pressure import DiskPressure, idle_class_warning
+from .racy import Granularity, coarse_clock_ns, proven_after_ns
+from .records import (
+    RecordFile,
+    Records,
+    describe,
+    lock_fd,
+    open_directory,
+    records_dir,
+    write_file,
+)
 from .scan import TEMP_PREFIX, ScanResult, Version, scan_tree, stat_key
 from .throttle import create_bucket
-from .transfer import CHANGED, COPIED, DELETED, FAILED, SAME, DirCache, Outcome, copy_one
+from .transfer import (
+    CHANGED,
+    COPIED,
+    DELETED,
+    FAILED,
+    SAME,
+    DirCache,
+    Outcome,
+    copy_one,
+    temp_name,
+)
 from .units import human_bytes
 from .verify import Finding, Verification, compare_trees
 from .watch import TreeWatcher
@@ -46,16 +68,33 @@ _LOG_EVERY = 10.0
 _ARRAY_METADATA = ("zarr.json", ".zarray")
 _NODE_METADATA = ("zarr.json", ".zarray", ".zgroup")  # str.endswith: cheap on a million keys
 # A file that exists but cannot be stat'ed: no real file has inode 0.
-_UNKNOWN_VERSION = Version(0, 0, 0)
+_UNKNOWN_VERSION = Version(0, 0, 0, 0)
 # Seconds between journal checkpoints (a syncfs of the destination, then one
 # SQLite transaction): the most a crash can make a resumed run compare again.
 _CHECKPOINT_EVERY = 2.0
 _RETRY_BASE = 0.2
+# A busy source disk pauses the copiers, but never for good: another job's I/O can keep
+# a shared disk busy for hours. After this long, one batch goes out every _TRICKLE_EVERY.
+_MAX_PAUSE = 30.0
+_TRICKLE_EVERY = 5.0
+# Work pending and nothing done for this long: say why, in the log and in `status`.
+_STALL_AFTER = 20.0
+# Nothing to copy and no end in sight for this long (at least 4 x --settle): say once
+# what would end the run.
+_WAITING_NOTE_AFTER = 10.0
+# The destination holds a copy whose source version is not proven (racy.py): it is
+# compared again. Negative fields read as "absent" everywhere, and match no version.
+_UNPROVEN = Version(-2, -2, -2, -2)
+# Network filesystems stamp files with the server's clock, which may run behind ours.
+_NETWORK_CLOCK_SKEW_NS = 2_000_000_000
+# How a target's end was decided, and whether that proves the writer was done.
+END_PROVEN = {"marker": True, "sentinel": True, "settle": False, "idle_timeout": False}
+_BUSY = "another softcopy is already copying there"
 _FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 class StopSignal:
-    """Ctrl-C / SIGTERM, shared by every target: 1 = finish files in flight, 2 = abort."""
+    """Ctrl-C / SIGTERM / SIGHUP, shared by every target: 1 = finish files in flight, 2 = abort."""
 
     def __init__(self) -> None:
         self.level = 0
@@ -90,6 +129,7 @@ class Summary:
     findings: list[Finding] = field(default_factory=list)
     error: str = ""
     plan: dict = field(default_factory=dict)  # --dry-run: what a run would do
+    end_rule: str = ""  # marker, sentinel, settle, idle_timeout (END_PROVEN)
 
     @property
     def ok(self) -> bool:
@@ -125,7 +165,7 @@ class Summary:
 
 def sidecar_dir(destination: Path) -> Path:
     """softcopy's own records live beside the copy, never inside it."""
-    return destination.parent / f"{destination.name}.softcopy"
+    return records_dir(destination)
 
 
 class Supervisor:
@@ -167,7 +207,8 @@ class Supervisor:
         self.fatal: SoftcopyError | None = None
         self.queue_empty = False
         self.bad_metadata: dict[str, tuple[Version | None, ...]] = {}
-        self._lock_fd: int | None = None
+        self.records: Records | None = None  # held open with its lock and the destination's
+        self._dest_fd = -1  # the destination directory itself, locked (_prepare_destination)
         self._last_progress = time.monotonic()
         self._last_log = time.monotonic()
         self._bytes_at_last_progress = 0
@@ -182,8 +223,21 @@ class Supervisor:
         self._last_checkpoint = time.monotonic()
         self._pending = (0, 0)
         self._counts = (0, 0)
+        self._totals = (0, 0, 0)
         self._recount_at = 0.0
         self.longest_pause = 0.0  # between two changes at the source
+        # Copies whose source version a later change could still hide (racy.py): key ->
+        # the version copied; each is compared again once its timestamp tick has passed.
+        self.granularity = Granularity()
+        self.racy: dict[str, Version] = {}
+        self._racy_due: list[tuple[int, str]] = []  # heap of (wall ns, key)
+        self._racy_margin_ns = coarse_clock_ns()
+        self._paused_since = 0.0
+        self._last_trickle = 0.0
+        self._said_trickle = False
+        self._last_advance = time.monotonic()  # last outcome from a copier
+        self._said_stall = ""
+        self._said_waiting = False
 
     # ---- the whole run --------------------------------------------------------------
 
@@ -212,7 +266,12 @@ class Supervisor:
             if problem is not None:
                 raise problem
         self._lock_destination()
-        self.journal = Journal(self.cfg.state_dir or default_state_dir(), self.src, self.dst)
+        self.journal = Journal(
+            self.cfg.state_dir or default_state_dir(),
+            self.src,
+            self.dst,
+            reset_damaged=self.cfg.reset_journal,
+        )
         self._set_state("waiting")
         if not self._wait_for_source():
             return self._interrupted()
@@ -250,6 +309,17 @@ class Supervisor:
             return self._interrupted()
         self.summary.reason = reason
         log.info("%s: finished (%s); copying what is left", self.src, reason)
+        if not END_PROVEN.get(self.summary.end_rule, False):
+            log.warning(
+                "%s: the end of the acquisition was guessed (%s): the copy is verified, but its "
+                "certificate will not say the source is safe to free%s. To be sure, have the "
+                "acquisition write a '%s' file at the source root when it ends (or give "
+                "--sentinel for the file it writes)",
+                self.src,
+                reason,
+                " (--trust-guessed-end overrides this)" if not self.cfg.trust_guessed_end else "",
+                self.cfg.complete_marker,
+            )
         self._set_state("draining")
         if not self._drain():
             return self._interrupted()
@@ -263,6 +333,8 @@ class Supervisor:
         fstype, mount = filesystem_type(self.src)
         watch = self.cfg.watch
         self.polling = watch == "poll" or (watch == "auto" and events_unreliable(fstype))
+        if self.polling or events_unreliable(fstype):
+            self._racy_margin_ns += _NETWORK_CLOCK_SKEW_NS
         if self.polling:
             why = (
                 "as asked (--watch poll)"
@@ -290,13 +362,17 @@ class Supervisor:
         existing = dst_path.is_dir()
         dst_files = scan_tree(self.dst).files if existing else {}
         there = {k: v for k, v in dst_files.items() if self._wanted(k)}
-        previous = None
+        records = Records.open(sidecar_dir(dst_path), create=False)
         try:
-            previous = json.loads((sidecar_dir(dst_path) / "target.json").read_text())["source"]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        owned = not (existing and any(dst_path.iterdir())) or previous == self.src
-        journaled = read_copied_files(self.cfg.state_dir or default_state_dir(), self.dst, self.src)
+            previous = _previous_target(records) if records is not None else None
+        finally:
+            if records is not None:
+                records.close()
+        # The same refusal as a real run, so a plan never promises what a run refuses.
+        owned = self._claim(existing and any(dst_path.iterdir()), previous)
+        journaled = read_copied_files(
+            self.cfg.state_dir or default_state_dir(), self.dst, self.src, self.cfg.reset_journal
+        )
         plan = plan_all(here, there, journaled, owned)
         probe = dst_path
         while not probe.exists():
@@ -396,59 +472,122 @@ class Supervisor:
         return None
 
     def _lock_destination(self) -> None:
-        """One softcopy per destination: taken before anything else touches it or its journal."""
+        """One softcopy per records folder: taken before anything else touches it or its journal.
+
+        The destination directory itself is locked too, by identity, once it exists
+        (_prepare_destination): a second name for it (a link, a bind mount) has another
+        records folder, but not another directory.
+        """
         dst = Path(self.dst)
-        if dst.exists() and not dst.is_dir():
-            raise ConfigError(dst, "use destination", "it exists and is not a directory")
-        side = sidecar_dir(dst)
-        try:
-            side.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = os.open(side / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise from_os_error(exc, "create destination", exc.filename or dst) from exc
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
+        if os.path.lexists(dst) and (dst.is_symlink() or not dst.is_dir()):
+            raise ConfigError(dst, "use destination", describe(dst))
+        self.records = Records.open(sidecar_dir(dst))
+        if not self.records.lock():
+            raise ConfigError(dst, "copy to destination", _BUSY)
+
+    def _lock_identity(self) -> None:
+        """flock the destination directory itself: every name of it meets the same lock."""
+        assert self.records is not None
+        self._dest_fd = open_directory(self.dst, "copy to destination")
+        self.records.hold(self._dest_fd)
+        if not lock_fd(self._dest_fd):
             raise ConfigError(
-                dst, "copy to destination", "another softcopy is already copying there"
-            ) from exc
+                self.dst, "copy to destination", f"{_BUSY} (under another name for this "
+                "directory: a symbolic link or a bind mount)",
+            )  # fmt: skip
+
+    def _source_identity(self) -> list[int]:
+        try:
+            st = os.stat(self.src)
+        except OSError as exc:
+            raise from_os_error(exc, "read source", self.src) from exc
+        return [st.st_dev, st.st_ino]
+
+    def _claim(self, existed: bool, previous: dict | None) -> bool:
+        """Is the destination ours to make a copy of this source (delete what it lacks)?
+
+        New or empty: yes. A copy softcopy made of this same source (path and
+        directory identity): yes. Not made by softcopy: no, its files are never
+        deleted. A copy of another source, or of a source directory deleted and made
+        again at the same path (a new acquisition): refused, unless --replace.
+        """
+        if not existed:
+            return True
+        if previous is None or not isinstance(previous.get("source"), str):
+            return False
+        source = previous["source"]
+        identity = previous.get("source_identity")  # absent in records of older versions
+        if not (isinstance(identity, list) and len(identity) == 2):
+            identity = None
+        current = self._source_identity()
+        if source == self.src and (identity is None or identity == current):
+            return True
+        if self.cfg.replace:
+            log.warning(
+                "%s: replacing the copy of %s in %s (--replace)", self.src, source, self.dst
+            )
+            return True
+        records = sidecar_dir(Path(self.dst)) / "target.json"
+        if source != self.src:
+            problem = (
+                f"it holds softcopy's copy of another source, {source} (so says {records}), "
+                f"not of {self.src}; copying would delete that copy's files that {self.src} "
+                "lacks: choose another destination, or give --replace to turn it into a "
+                f"copy of {self.src}"
+            )
+        else:
+            problem = (
+                f"it holds softcopy's copy of {source} as that directory was before it was "
+                f"deleted and made again (device:inode {identity[0]}:{identity[1]}, now "
+                f"{current[0]}:{current[1]}; so says {records}): a new acquisition at the "
+                "same path would delete the old one's files here: choose another destination, "
+                "or give --replace if it is the same data (a remount can change the device)"
+            )
+        raise ConfigError(self.dst, "copy to destination", problem)
 
     def _prepare_destination(self) -> None:
         dst = Path(self.dst)
-        side = sidecar_dir(dst)
+        records = self.records
+        assert records is not None
         try:
-            existed = dst.is_dir() and any(dst.iterdir())
             dst.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise from_os_error(exc, "create destination", exc.filename or dst) from exc
-        record = side / "target.json"
-        previous = None
-        try:
-            previous = json.loads(record.read_text()).get("source")
-        except (OSError, ValueError, AttributeError):
-            pass
+        self._lock_identity()
+        with os.scandir(self._dest_fd) as entries:
+            existed = next(entries, None) is not None
+        # Decided (and refused) before anything in the destination or its records changes.
+        # Files in the destination that the source lacks are deleted only when the
+        # destination is ours: new, or made by softcopy from this same source.
+        self.owned = self._claim(existed, _previous_target(records))
+        records.remove_stale_temporaries()
         # Whatever a previous run certified no longer holds once this run writes:
         # a cleanup script must never find a certificate for a copy in progress.
         for stale in (CERTIFICATE, MANIFEST, "summary.json"):
-            _unlink(str(side / stale))
-        # Files in the destination that the source lacks are deleted only when the
-        # destination is ours: new, or made by softcopy from this same source.
-        self.owned = not existed or previous == self.src
+            records.unlink(stale)
         if self.owned:
             # Recorded only for a destination softcopy made: a foreign one stays foreign
             # on every later run, so its files are never deleted.
             _write_json(
-                record, {"source": self.src, "destination": self.dst, "version": __version__}
+                records / "target.json",
+                {
+                    "source": self.src,
+                    "source_identity": self._source_identity(),
+                    "destination": self.dst,
+                    "version": __version__,
+                },
             )
         self._probe_destination()
 
     def _probe_destination(self) -> None:
         """Fail once, up front, when the destination cannot take files (read-only, permissions)."""
-        probe = os.path.join(self.dst, f"{TEMP_PREFIX}probe-{os.getpid()}")
+        probe = f"{TEMP_PREFIX}probe-{os.getpid()}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            # Relative to the locked destination: never through a link put in its place.
+            fd = os.open(probe, flags, 0o600, dir_fd=self._dest_fd)
             os.close(fd)
-            os.unlink(probe)
+            os.unlink(probe, dir_fd=self._dest_fd)
         except OSError as exc:
             raise from_os_error(exc, "write to destination", self.dst) from exc
 
@@ -463,9 +602,17 @@ class Supervisor:
         assert self.journal is not None
         journaled = self.journal.copied_files()
         dst = scan_tree(self.dst)
-        for key in dst.temporary:
-            if os.path.basename(key).startswith(TEMP_PREFIX):
-                _unlink(os.path.join(self.dst, key))  # a crashed run's partial file
+        dirs = DirCache(self.dst)
+        try:
+            for key in dst.temporary:
+                rel_dir, _, name = key.rpartition("/")
+                if name.startswith(TEMP_PREFIX):  # a crashed run's partial file
+                    try:  # through the directories opened without following links
+                        os.unlink(name, dir_fd=dirs.open(rel_dir, create=False))
+                    except OSError:
+                        pass
+        finally:
+            dirs.close()
         for key, there in dst.files.items():
             if not self._wanted(key):
                 continue  # markers come last, after verification; excluded files are not ours
@@ -479,6 +626,10 @@ class Supervisor:
             elif action == COMPARE:
                 self.compare_first.add(key)
         for key in dst.links:
+            if not self._wanted(key):
+                # Not ours either: a link where a marker goes, or under --exclude. In the
+                # ledger it would be "copied" from the source again and again, forever.
+                continue
             here = self.ledger.source(key)
             if here is not None and _same_link(self.src, self.dst, key):
                 self.ledger.set_copied(key, here)
@@ -515,14 +666,18 @@ class Supervisor:
     def _note_unreadable(self, result: ScanResult) -> None:
         """A directory we cannot list is a failure of this target, named, not a crash."""
         for key, exc in result.errors:
-            if not os.path.isdir(os.path.join(self.src, key)):
+            if not _is_dir(os.path.join(self.src, key)):
                 # A file we cannot stat goes to a copier like any other, so it gets the
-                # same retries, back-off and final failure as an error while copying.
-                self._observe(key, _UNKNOWN_VERSION)
+                # same retries, back-off and final failure as an error while copying;
+                # unless it is not ours to copy (excluded, or a marker: copied last).
+                if self._wanted(key):
+                    self._observe(key, _UNKNOWN_VERSION)
                 continue
             error = f"cannot list directory: {os.strerror(exc.errno or 0)}"
             if key not in self._said_unreadable:  # once per run, not once per scan
-                log.error("%s: %s/: %s; the next scan tries again", self.src, key, error)
+                log.error(
+                    "%s: %s/: %s; the next scan tries again", shown(self.src), shown(key), error
+                )
                 self._said_unreadable.add(key)
             self.unreadable[key + "/"] = error
 
@@ -548,8 +703,9 @@ class Supervisor:
             {os.path.dirname(k) for k in result.files if k.endswith(_NODE_METADATA)},
             key=lambda d: d.count("/"),
         )
-        for rel in nodes:
-            self._refresh_node(rel, strict=initial)
+        for node in nodes:
+            self._refresh_node(node, strict=initial)
+        self.granularity.observe_versions(result.files.values())
         if rel == "":
             self.markers = {k: v for k, v in result.files.items() if self._is_marker(k)}
         keys = self.ledger.observe_many(
@@ -559,7 +715,10 @@ class Supervisor:
         changed = len(keys)
         for key in result.links:
             changed += self._look(key)
-        self.summary.files_at_source = len(result.files) + len(result.links)
+        if rel == "":  # a whole listing, not one new directory's
+            wanted = [v.size for k, v in result.files.items() if self._wanted(k)]
+            self.summary.files_at_source = len(wanted) + sum(map(self._wanted, result.links))
+            self.summary.bytes_at_source = sum(wanted)
         return changed
 
     def _look(self, key: str) -> int:
@@ -570,6 +729,8 @@ class Supervisor:
         except OSError as exc:
             log.debug("%s: %s: cannot stat (%s); the next scan looks again", self.src, key, exc)
             return 0
+        if version is not None and not self.granularity.settled:
+            self.granularity.observe_versions((version,))
         if self._is_marker(key):
             if version is None:
                 self.markers.pop(key, None)
@@ -652,13 +813,24 @@ class Supervisor:
     def _dispatch(self) -> None:
         assert self.pool is not None
         idle = self.pool.idle()
-        if not idle or self.paused:
+        if not idle:
             return
         now = time.monotonic()
         for key in [k for k, t in self.deferred.items() if t <= now]:
             del self.deferred[key]
             self.ledger.requeue(key)
         skip = set(self.deferred) | set(self.failed)
+        if self.paused:
+            if not self._trickle(now):
+                # Whether anything is left must be known while paused too: a drain with
+                # nothing to copy ends whatever the disk is doing.
+                peek = self.ledger.take(1, skip=skip)
+                for key in peek:
+                    self.ledger.set_inflight(key, False)
+                    self.ledger.requeue(key)
+                self.queue_empty = not peek and not self.deferred
+                return
+            idle = idle[:1]
         keys = self.ledger.take(self.cfg.batch_size * len(idle), skip=skip)
         if self.kind_is_directory and keys:
             keys = self._settled(keys, now)
@@ -669,13 +841,32 @@ class Supervisor:
             if batch:
                 self.pool.send(copier, [(k, k in self.compare_first) for k in batch])
 
+    def _trickle(self, now: float) -> bool:
+        """While paused for long, one batch every few seconds: progress is guaranteed."""
+        if now - self._paused_since < _MAX_PAUSE or now - self._last_trickle < _TRICKLE_EVERY:
+            return False
+        self._last_trickle = now
+        if not self._said_trickle:
+            self._said_trickle = True
+            assert self.pressure is not None
+            log.warning(
+                "%s: source disk busy for %.0f s (%s); copying one batch every %.0f s so the "
+                "copy keeps moving (--no-backoff copies at full speed)",
+                self.src,
+                now - self._paused_since,
+                self.pressure.describe(),
+                _TRICKLE_EVERY,
+            )
+        return True
+
     def _settled(self, keys: list[str], now: float) -> list[str]:
         """Plain writers write in place: copy a file only once it stopped changing."""
         ready = []
         wall = time.time()
         for key in keys:
             version = self.ledger.source(key)
-            age = wall - version.mtime_ns / 1e9 if version is not None else self.cfg.ready_age
+            # ctime too: an in-place writer may set an old mtime; nobody sets ctime.
+            age = wall - _newest(version) if version is not None else self.cfg.ready_age
             if age >= self.cfg.ready_age:
                 ready.append(key)
             else:
@@ -692,13 +883,22 @@ class Supervisor:
         for key in lost:
             self.ledger.set_inflight(key, False)
             self.ledger.requeue(key)
+        if outcomes:
+            self._last_advance = time.monotonic()
         for o in outcomes:
             if o.status in (COPIED, SAME):
                 self.ledger.set_copied(o.key, o.version, o.digest)
                 self.compare_first.discard(o.key)
                 self.attempts.pop(o.key, None)
                 assert o.version is not None
-                self._unsynced.append((o.key, o.version, o.digest))
+                if self._unproven(o):
+                    # Not journaled: a resumed run compares it rather than trusting it.
+                    self.racy[o.key] = o.version
+                    due = proven_after_ns(o.version, self.granularity.ns, self._racy_margin_ns)
+                    heapq.heappush(self._racy_due, (due, o.key))
+                else:
+                    self.racy.pop(o.key, None)
+                    self._unsynced.append((o.key, o.version, o.digest))
                 seen = self._observed_at.pop(o.key, None)
                 if seen is not None:
                     self._lags.append(time.monotonic() - seen)
@@ -714,6 +914,7 @@ class Supervisor:
                 if self.ledger.needs_work(o.key):
                     self.ledger.requeue(o.key)  # the source moved on meanwhile
             elif o.status == DELETED:
+                self.racy.pop(o.key, None)
                 self.ledger.set_copied(o.key, None)
                 self._unsynced_deleted.append(o.key)
                 self._look(o.key)
@@ -726,12 +927,40 @@ class Supervisor:
                 self.ledger.set_inflight(o.key, False)
                 self._failed(o.key, o.error, o.errno)
 
+    def _unproven(self, o: Outcome) -> bool:
+        """A copy checked before its version's timestamp tick ended (see racy.py)."""
+        assert o.version is not None
+        if not o.checked_ns:
+            return False
+        due = proven_after_ns(o.version, self.granularity.ns, self._racy_margin_ns)
+        return o.checked_ns < due
+
+    def _recheck_racy(self) -> None:
+        """Copies whose tick has passed: compare them with the source once more."""
+        now = time.time_ns()
+        while self._racy_due and self._racy_due[0][0] <= now:
+            _, key = heapq.heappop(self._racy_due)
+            version = self.racy.get(key)
+            if version is None or self.ledger.copied(key) != version:
+                continue  # proven, deleted or superseded since
+            due = proven_after_ns(version, self.granularity.ns, self._racy_margin_ns)
+            if due > now:  # the granularity turned out coarser than when it was queued
+                heapq.heappush(self._racy_due, (due, key))
+                continue
+            # The destination's bytes are no longer vouched for: the copier compares them
+            # with the source (and rereads it for the digest) and rewrites them if they differ.
+            self.ledger.set_copied(key, _UNPROVEN)
+            self.compare_first.add(key)
+            self.ledger.requeue(key)
+
     def _preflight_space(self) -> None:
         """Refuse to start a copy that cannot fit (what the source holds now; it may grow)."""
         block = os.statvfs(self.dst).f_frsize or 1
         files, nbytes = self.ledger.pending_totals(block)
         files -= len(self.compare_first)  # probably identical already: no new space
-        nbytes -= sum((self.ledger.source(k) or Version(0, 0, 0)).size for k in self.compare_first)
+        nbytes -= sum(
+            (self.ledger.source(k) or Version(0, 0, 0, 0)).size for k in self.compare_first
+        )
         free_bytes, free_inodes = _free_space(self.dst)
         where = f"the destination filesystem (mounted at {_mount_point(self.dst)})"
         if nbytes > free_bytes:
@@ -796,9 +1025,11 @@ class Supervisor:
                 return None
             if self.fatal is not None:
                 raise self.fatal
+            if self.racy:
+                self._recheck_racy()
             self._dispatch()
             now = time.monotonic()
-            if finishing and self.queue_empty and not self.pool.in_flight() and not self.deferred:
+            if finishing and self._idle():
                 return "drained"
             if not finishing:
                 reason = self._finished(now)
@@ -821,33 +1052,120 @@ class Supervisor:
             if now - self._last_progress >= _PROGRESS_EVERY:
                 self._check_pressure()
                 self._report_progress()
+                self._say_why_no_progress(now, finishing)
 
     def _finished(self, now: float) -> str:
+        """Why the writer is done ("" while it is not); sets the rule in summary.end_rule."""
+        rule, reason = self._end_rule(now)
+        if reason:
+            self.summary.end_rule = rule
+        return reason
+
+    def _end_rule(self, now: float) -> tuple[str, str]:
         if self.cfg.complete_marker in self.markers:
-            return f"the source has a '{self.cfg.complete_marker}' marker"
+            return "marker", f"the source has a '{self.cfg.complete_marker}' marker"
         for key, version in sorted(self.markers.items()):
-            age = time.time() - version.mtime_ns / 1e9
+            # ctime, as sruns-monitor found: copying onto NFS keeps an old mtime.
+            age = time.time() - _newest(version)
             if age >= self.cfg.sentinel_min_age:
-                return f"the sentinel '{key}' exists and is {age:.0f} s old"
+                return "sentinel", f"the sentinel '{key}' exists and is {age:.0f} s old"
         quiet = now - self.last_change
         idle = self.cfg.idle_timeout
         if idle is not None and quiet >= idle:
             if self.full_scan() == 0:
-                return f"nothing changed for {idle:g} s (idle timeout)"
-            return ""
+                return "idle_timeout", f"nothing changed for {idle:g} s (idle timeout)"
+            return "", ""
         # A writer that paused for 3 s between timepoints may pause as long again:
         # settling must outlast the longest pause seen, not only --settle.
         settle = max(self.cfg.settle, 2 * self.longest_pause)
         if quiet < settle or now - self._settle_checked < 1.0:
-            return ""
+            return "", ""
         self._settle_checked = now
         # A plain directory has no expected set: sentinels or the idle timeout end it.
         if self.kind_is_directory or not self.ledger.all_expected_present() or self.temp_count:
-            return ""
+            return "", ""
         # Confirm with a fresh listing: events may have been lost.
         if self.full_scan() == 0 and self.temp_count == 0 and not self.markers:
-            return f"every expected file is present and nothing changed for {settle:.3g} s"
-        return ""
+            return (
+                "settle",
+                f"every expected file is present and nothing changed for {settle:.3g} s",
+            )
+        return "", ""
+
+    def _idle(self) -> bool:
+        """Nothing to copy, nothing in flight, no retry or re-check pending."""
+        assert self.pool is not None
+        return (
+            self.queue_empty and not self.pool.in_flight() and not self.deferred and not self.racy
+        )
+
+    def _say_why_no_progress(self, now: float, finishing: bool) -> None:
+        """A run that moves no file for long says why, once per reason, in the log and status."""
+        if self._idle():
+            self._last_advance = now
+            self._said_stall = ""
+            if not finishing and not self._said_waiting:
+                quiet_since = max(self.last_change, self._started)
+                if now - quiet_since >= max(_WAITING_NOTE_AFTER, 4 * self.cfg.settle):
+                    self._said_waiting = True
+                    self._note("waiting", self._waiting_for())
+            return
+        if now - self._last_advance < _STALL_AFTER:
+            return
+        why = self._why_stalled()
+        if why != self._said_stall:
+            self._said_stall = why
+            self._note("stalled", f"no file finished for {now - self._last_advance:.0f} s: {why}")
+
+    def _note(self, event: str, text: str) -> None:
+        log.log(logging.WARNING if event == "stalled" else logging.INFO, "%s: %s", self.src, text)
+        if self.journal is not None:
+            self.journal.set_state(self.summary.state, text)
+        self._emit(event, reason=text)
+
+    def _why_stalled(self) -> str:
+        assert self.pool is not None
+        parts = []
+        if self.paused and self.pressure is not None:
+            parts.append(
+                f"copiers paused while the source disk is busy ({self.pressure.describe()}); "
+                f"after {_MAX_PAUSE:.0f} s one batch goes out every {_TRICKLE_EVERY:.0f} s"
+            )
+        in_flight = len(self.pool.in_flight())
+        if in_flight:
+            parts.append(f"{in_flight} file(s) in flight (a large file takes a while)")
+        if self.deferred:
+            parts.append(f"{len(self.deferred)} file(s) waiting to be retried after errors")
+        if self.racy:
+            parts.append(
+                f"{len(self.racy)} copies waiting for the source's timestamp tick "
+                f"({self.granularity.ns / 1e9:g} s) to pass before they are compared again"
+            )
+        return "; ".join(parts) or "no copier is making progress"
+
+    def _waiting_for(self) -> str:
+        """What would end a run that has copied everything there is."""
+        cfg = self.cfg
+        ends = [f"a '{cfg.complete_marker}' file at the source root"]
+        ends += [f"a sentinel matching '{p}'" for p in cfg.sentinels]
+        text = (
+            f"everything there is has been copied and nothing changed for "
+            f"{time.monotonic() - max(self.last_change, self._started):.0f} s; waiting for the "
+            "end of the acquisition: " + " or ".join(ends)
+        )
+        if not self.kind_is_directory:
+            present, expected = self.ledger.expected_counts()
+            if present < expected:
+                text += (
+                    f"; 'every expected file present' cannot end it while {expected - present} "
+                    f"of {expected} expected chunk files are absent (chunks equal to the fill "
+                    "value are never written, so that may never happen)"
+                )
+            elif self.temp_count:
+                text += f"; {self.temp_count} writer temporary file(s) remain"
+        if cfg.idle_timeout is None:
+            text += "; or give --idle-timeout SECONDS to end it after that long without changes"
+        return text
 
     def _drain(self) -> bool:
         """Copy everything left, then list again until a listing finds nothing new."""
@@ -861,7 +1179,7 @@ class Supervisor:
     def _outstanding(self) -> int:
         """Keys that still need work and may still get it (not given up on)."""
         given_up = sum(1 for key in self.failed if self.ledger.needs_work(key))
-        return self.ledger.pending_count() - given_up
+        return self.ledger.pending_count() - given_up + len(self.racy)
 
     def _check_pressure(self) -> None:
         """The acquisition comes first: no new work while the source disk is busy."""
@@ -870,6 +1188,8 @@ class Supervisor:
         self.pressure.update()
         if not self.paused and self.pressure.busy():
             self.paused = True
+            self._paused_since = time.monotonic()
+            self._said_trickle = False
             log.warning(
                 "%s: source disk busy (%s); pausing copiers", self.src, self.pressure.describe()
             )
@@ -920,6 +1240,7 @@ class Supervisor:
             started = time.monotonic()
             self._pending = self.ledger.pending_totals()  # also what checkpoints record
             self._counts = self.ledger.expected_counts()
+            self._totals = self.ledger.source_totals()
             self._recount_at = now + max(_PROGRESS_EVERY, 50 * (time.monotonic() - started))
         present, expected = self._counts
         rate = (self.summary.bytes_copied - self._bytes_at_last_progress) / elapsed
@@ -936,6 +1257,10 @@ class Supervisor:
             bytes_pending=self._pending[1],
             chunks_present=present,
             chunks_expected=expected,
+            # Files, not copy operations: a file rewritten and copied again is one file.
+            files_at_source=self._totals[0],
+            bytes_at_source=self._totals[1],
+            files_done=self._totals[2],
             rate=rate,
             lag_p50=lags[len(lags) // 2] if lags else None,
             lag_max=lags[-1] if lags else None,
@@ -963,7 +1288,7 @@ class Supervisor:
         _syncfs(self.dst)
         source_scan = scan_tree(self.src)
         markers = sorted(
-            (k for k in source_scan.files if self._is_marker(k)),
+            (k for k in source_scan.files.keys() | source_scan.links if self._is_marker(k)),
             key=lambda k: (k == self.cfg.complete_marker, k),  # `complete` very last
         )
         verification = compare_trees(
@@ -1009,9 +1334,14 @@ class Supervisor:
             finally:
                 dirs.close()
             if outcome.status != COPIED:
-                raise SoftcopyError(
-                    os.path.join(self.dst, marker), "write completion marker", outcome.error
-                )
+                where = os.path.join(self.dst, marker)
+                problem = outcome.error
+                if os.path.isdir(where) and not os.path.islink(where):
+                    problem = (
+                        "a directory is where the marker goes; softcopy does not remove "
+                        "directories: remove it and run again"
+                    )
+                raise SoftcopyError(where, "write completion marker", problem)
             digests[marker] = outcome.digest  # "" without --hash: counted, not in the manifest
         if markers:
             _syncfs(self.dst)
@@ -1020,10 +1350,27 @@ class Supervisor:
         self.summary.seconds = time.monotonic() - self._started
         self._certify(verification, digests)
 
+    def _end_record(self) -> dict:
+        """How the end was decided, for the certificate: a guess never frees the source."""
+        rule = self.summary.end_rule
+        proven = END_PROVEN.get(rule, False)
+        trusted = not proven and self.cfg.trust_guessed_end
+        return {
+            "end": {
+                "rule": rule,
+                "proven": proven,
+                "detail": self.summary.reason,
+                "trusted_by_user": trusted,
+            },
+            "safe_to_free": proven or trusted,
+        }
+
     def _certify(self, verification: Verification, digests: dict[str, str]) -> None:
         """The records a facility's cleanup script reads before it frees the source."""
-        side = sidecar_dir(Path(self.dst))
-        _write_json(side / "summary.json", self.summary.as_dict())
+        side = self.records
+        assert side is not None
+        # Read by scripts and people: strict JSON, byte names through names_hex.
+        _write_json(side / "summary.json", json_record(self.summary.as_dict()))
         manifest_hash = None
         if self.cfg.hash:
             manifest_hash = write_manifest(side / MANIFEST, {k: d for k, d in digests.items() if d})
@@ -1036,6 +1383,7 @@ class Supervisor:
                 "started": _iso(self._wall_started),
                 "finished": _iso(time.time()),
                 "finished_because": self.summary.reason,
+                **self._end_record(),
                 "verification": "blake3" if self.cfg.hash else "sizes",
                 # Every regular file in the destination, the marker included, whatever
                 # the verification mode.
@@ -1062,7 +1410,7 @@ class Supervisor:
             self._apply(finished, [])
             for key in leftovers:
                 rel_dir, _, name = key.rpartition("/")
-                _unlink(os.path.join(self.dst, rel_dir, TEMP_PREFIX + name))
+                _unlink(os.path.join(self.dst, rel_dir, temp_name(name)))
             self.pool = None
         if self.watcher is not None:
             self.watcher.close()
@@ -1079,9 +1427,21 @@ class Supervisor:
             finally:
                 self.journal.close()
                 self.journal = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self.records is not None:
+            self.records.close()  # and with it both locks
+            self.records = None
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _newest(version: Version) -> float:
+    """Seconds since the epoch of the last change to a file that anyone could see."""
+    return max(version.mtime_ns, version.ctime_ns) / 1e9
 
 
 def _free_space(path: str) -> tuple[int, int | None]:
@@ -1119,15 +1479,34 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
-def _write_json(path: Path, data: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+def _write_json(path: RecordFile, data: object) -> None:
+    write_file(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
+
+
+def _previous_target(records: Records) -> dict | None:
+    """What target.json says this destination is a copy of; None when it says nothing."""
+    try:
+        record = json.loads(records.read("target.json"))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        # A link or a fifo in its place decides nothing: say so, rather than guess.
+        problem = describe_record(exc)
+        raise ConfigError(records / "target.json", "read records", problem) from exc
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def describe_record(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "it is a symbolic link, which softcopy never follows; remove it"
+    return exc.strerror or str(exc)
 
 
 def _syncfs(path: str) -> None:
     """Flush the destination filesystem before anything says the copy is done."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.syncfs(fd) != 0:

@@ -9,8 +9,11 @@ is written through a link planted in the destination tree.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import re
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,6 +46,9 @@ class Outcome:
     error: str = ""
     errno: int = 0
     digest: str = ""  # BLAKE3 of the bytes read from the source, when hashing
+    # Wall clock (ns) taken just before the source was last seen unchanged: whether
+    # `version` is proven depends on the filesystem's timestamp granularity (racy.py).
+    checked_ns: int = 0
 
 
 class DirCache:
@@ -64,7 +70,9 @@ class DirCache:
         if fd is not None:
             return fd
         if not rel_dir:
-            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            # The root too: config resolved it, so a link here was swapped in mid-run.
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(self.root, flags)
         else:
             parent, _, name = rel_dir.rpartition("/")
             parent_fd = self.open(parent, create)
@@ -89,10 +97,27 @@ class DirCache:
         self._device = None
 
 
+# Longest file name, in bytes, on every filesystem softcopy writes to (ext4, XFS, btrfs,
+# tmpfs, NFS): a source name that fits there must have a temporary name that fits.
+NAME_MAX = 255
+_HASHED_SUFFIX = ".long"
+_HASHED = re.compile(r"[0-9a-f]{40}" + re.escape(_HASHED_SUFFIX))
+
+
 def temp_name(name: str) -> str:
-    # Stable per key: a retry or a resumed run overwrites the same temporary file
-    # instead of leaving one behind per attempt.
-    return TEMP_PREFIX + name
+    """The temporary name of a basename: `.softcopy-tmp.<name>`, or, when that would be
+    longer than NAME_MAX bytes, `.softcopy-tmp.<digest of the name>.long`.
+
+    Stable per key: a retry or a resumed run overwrites the same temporary file
+    instead of leaving one behind per attempt. One-to-one: a short name that looks
+    like a digest form is hashed too, so two names never share a temporary file
+    (two copiers would publish each other's bytes).
+    """
+    raw = os.fsencode(name)
+    looks_hashed = name.endswith(_HASHED_SUFFIX) and _HASHED.fullmatch(name) is not None
+    if len(raw) + len(TEMP_PREFIX) <= NAME_MAX and not looks_hashed:
+        return TEMP_PREFIX + name
+    return TEMP_PREFIX + hashlib.blake2b(raw, digest_size=20).hexdigest() + _HASHED_SUFFIX
 
 
 # (source device, destination device) pairs where copy_file_range gave EXDEV or
@@ -285,7 +310,12 @@ def _copy_file(
         if compare_first:
             hasher = new_hasher(st.st_size) if digest else None
             if _matches_existing(fd_in, dfd, name, st, hasher):
-                return Outcome(key, SAME, version, digest=hasher.hexdigest() if hasher else "")
+                # Same bytes as the version opened, which must still be the current one.
+                checked = time.time_ns()
+                if _current_version(src_path) != version:
+                    return Outcome(key, CHANGED)
+                hexdigest = hasher.hexdigest() if hasher else ""
+                return Outcome(key, SAME, version, digest=hexdigest, checked_ns=checked)
         tmp = temp_name(name)
         fd_out = _create_temp(tmp, dfd, stat.S_IMODE(st.st_mode) if _EXACT_MODES else 0o600)
         try:
@@ -304,11 +334,8 @@ def _copy_file(
             os.close(fd_out)
         # The file we read must still be the one under the source name, unchanged:
         # otherwise a newer version exists (or is being written) and ours is stale.
-        try:
-            now = version_of(os.lstat(src_path))
-        except FileNotFoundError:
-            now = None
-        if now != version:
+        checked = time.time_ns()
+        if _current_version(src_path) != version:
             _unlink_quietly(tmp, dfd)
             return Outcome(key, CHANGED)
         if copied != st.st_size:
@@ -320,7 +347,7 @@ def _copy_file(
         os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         # What we read is in the page cache; the writer needs that memory more than we do.
         os.posix_fadvise(fd_in, 0, 0, os.POSIX_FADV_DONTNEED)
-        return Outcome(key, COPIED, version, copied, digest=hexdigest)
+        return Outcome(key, COPIED, version, copied, digest=hexdigest, checked_ns=checked)
     except OSError:
         _unlink_quietly(temp_name(name), dst_dirs, rel_dir)
         raise
@@ -367,15 +394,19 @@ def _copy_link(
     tmp = temp_name(name)
     _unlink_quietly(tmp, dfd)
     os.symlink(target, tmp, dir_fd=dfd)
-    try:
-        now = version_of(os.lstat(src_path))
-    except FileNotFoundError:
-        now = None
-    if now != version_of(st):
+    checked = time.time_ns()
+    if _current_version(src_path) != version_of(st):
         _unlink_quietly(tmp, dfd)
         return Outcome(key, CHANGED)
     os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-    return Outcome(key, COPIED, version_of(st), 0)
+    return Outcome(key, COPIED, version_of(st), 0, checked_ns=checked)
+
+
+def _current_version(src_path: str) -> Version | None:
+    try:
+        return version_of(os.lstat(src_path))
+    except FileNotFoundError:
+        return None
 
 
 def _delete(dst_dirs: DirCache, key: str, rel_dir: str, name: str) -> Outcome:

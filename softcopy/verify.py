@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -10,7 +9,8 @@ from pathlib import Path
 
 from .errors import MetadataError
 from .hashing import hash_files
-from .layout import metadata_kind, read_node
+from .layout import attributes_problem, metadata_kind, read_node
+from .names import safe_text, shown
 from .scan import ScanResult, Version, scan_tree
 
 _TEMPLATES = {
@@ -28,27 +28,8 @@ _TEMPLATES = {
 }
 
 
-_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def printable(name: str) -> str:
-    """A file name on one line of any terminal: backslash, control characters and bytes
-    that are not UTF-8 (surrogate-escaped) are escaped, so no name can break or forge a line
-    of the report, and printing never fails on an undecodable name."""
-    if name.isprintable() and "\\" not in name:
-        return name
-    out = []
-    for c in name:
-        code = ord(c)
-        if c in _ESCAPES:
-            out.append(_ESCAPES[c])
-        elif 0xDC80 <= code <= 0xDCFF:  # a raw byte from os.fsdecode
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif not c.isprintable() and c != " ":
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-        else:
-            out.append(c)
-    return "".join(out)
+# The name `status` and older callers use; one function shows every name (names.shown).
+printable = shown
 
 
 @dataclass(frozen=True)
@@ -60,7 +41,9 @@ class Finding:
     destination: object = None
 
     def __str__(self) -> str:
-        fields = {k: printable(v) if isinstance(v, str) else v for k, v in asdict(self).items()}
+        fields = {k: shown(v) if isinstance(v, str) else v for k, v in asdict(self).items()}
+        # The detail is a message (an error, a parser's complaint), not a name.
+        fields["detail"] = safe_text(self.detail)
         return _TEMPLATES[self.kind].format(**fields)
 
     def as_dict(self) -> dict:
@@ -184,9 +167,11 @@ def check_metadata(root: str, scan: ScanResult) -> list[Finding]:
             nodes.add(os.path.dirname(key))
             continue
         try:
-            json.loads(Path(root, key).read_bytes())
-        except (OSError, ValueError) as exc:
-            findings.append(Finding("metadata", key, str(exc)))
+            problem = attributes_problem(Path(root, key))
+        except OSError as exc:
+            problem = str(exc)
+        if problem is not None:
+            findings.append(Finding("metadata", key, problem))
     for rel in sorted(nodes):
         try:
             read_node(Path(root, rel), rel)

@@ -93,6 +93,11 @@ class TreeWatcher:
                 return
             if exc.errno == errno.ENOTDIR:
                 return
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                # inotify needs read permission, as listing does: the listing that
+                # follows fails the same way and names this directory as a failure of
+                # its own, while every other directory is watched and copied.
+                return
             raise
         old = self._dirs.get(wd)
         if old is not None and old != rel and self._wds.get(old) == wd:

@@ -11,6 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Two shared cores: an example's time says nothing about the code, so no deadline.
+settings.register_profile("softcopy", deadline=None)
+settings.load_profile("softcopy")
 
 # Slow CI machines share two cores; a deadline is a bound on a hang, never a wait.
 DEADLINE = 90.0
@@ -54,6 +59,14 @@ def _no_leftover_processes():
 
 def start_softcopy(*args: object, **kw) -> subprocess.Popen:
     return start(softcopy_cmd(*args), **kw)
+
+
+def start_disk_load(directory: Path) -> subprocess.Popen:
+    """Another job hammering a (test's own loop) disk with O_DIRECT writes, until killed."""
+    return start(
+        ["sh", "-c", f"while :; do dd if=/dev/zero of={directory}/load bs=1M count=64 "
+         "oflag=direct status=none; done"]
+    )  # fmt: skip
 
 
 def start_simulator(destination: Path, *args: object) -> subprocess.Popen:

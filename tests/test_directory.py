@@ -140,3 +140,20 @@ def test_a_source_behind_fuse_is_polled_and_writes_behind_the_mount_are_found(
     assert rc == 0, err
     assert "polling every" in err and "fuse" in err
     assert_same_tree(backing_src, dst)
+
+
+def test_a_rerun_after_a_file_was_deleted_at_the_source_deletes_it_and_ends(
+    tmp_path: Path,
+) -> None:
+    src, dst = tmp_path / "run", tmp_path / "copy"
+    src.mkdir()
+    for name in ("a", "b", "CopyComplete.txt"):
+        (src / name).write_text(name)
+    args = ["copy", "--kind", "directory", "--sentinel", "CopyComplete.txt",
+            "--sentinel-min-age", "0", "--ready-age", "0", src, dst]  # fmt: skip
+    first = run_softcopy(*args)
+    assert first.returncode == 0, first.stderr
+    (src / "a").unlink()
+    again = run_softcopy(*args)
+    assert again.returncode == 0, again.stderr
+    assert not (dst / "a").exists() and (dst / "b").read_text() == "b"

@@ -320,3 +320,16 @@ def test_ctrl_c_on_a_terminal_stops_the_display_cleanly(tmp_path: Path) -> None:
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-s"]))
+
+
+def test_the_table_counts_files_not_copy_operations() -> None:
+    """A rewritten file copied twice is one file: 630 of 1282 files, not 630/1431."""
+    from softcopy.progress import TargetRow
+
+    row = TargetRow("src", "dst")
+    row.update({"event": "progress", "state": "copying", "files_copied": 760,
+                "files_pending": 671, "files_done": 630, "files_at_source": 1282})  # fmt: skip
+    assert row.files_text() == "630/1282"
+    row.update({"event": "summary", "state": "done", "files_copied": 1431,
+                "files_at_source": 1282})  # fmt: skip
+    assert row.files_text() == "1282/1282"

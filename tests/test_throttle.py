@@ -18,7 +18,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import assert_same_tree, finish, start, start_softcopy, tree_files, wait_for
+from conftest import (
+    assert_same_tree,
+    finish,
+    start_disk_load,
+    start_softcopy,
+    tree_files,
+    wait_for,
+)
 from test_acquisition import SMALL, simulate
 
 from softcopy.pressure import block_device, io_scheduler
@@ -154,10 +161,7 @@ def test_copiers_pause_while_the_source_disk_is_busy(tmp_path: Path, loop_source
     it stops, then finishes. (It measures its own loop device, never the root disk.)"""
     src, dst = loop_source / "src.zarr", tmp_path / "dst.zarr"
     simulate(src, replace(SMALL, complete=False))  # cannot finish until the test says so
-    load = start(
-        ["sh", "-c", f"while :; do dd if=/dev/zero of={loop_source}/load bs=1M count=64 "
-         "oflag=direct status=none; done"]
-    )  # fmt: skip
+    load = start_disk_load(loop_source)
     targets = tmp_path / "t.yaml"
     targets.write_text(
         f"targets:\n  - {{source: {src}, destination: {dst}, busy_utilisation: 0.3, settle: 600}}\n"
