@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from softcopy.layout import ArrayLayout, parse_array_metadata
-from softcopy.scan import scan_tree
+from softcopy.sources.scan import scan_tree
+from softcopy.zarr.layout import ArrayLayout, parse_array_metadata
 
 GRID = (1000, 100, 100)  # time points x chunk rows x chunk columns: 10,000,000 chunk files
 CHUNK = (1, 64, 64)

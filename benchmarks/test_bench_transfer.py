@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from softcopy.transfer import COPIED, DirCache, copy_one
+from softcopy.sinks.local import COPIED, DirCache, copy_one
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import sys
 
 try:
-    from .cli import main
+    from .cli.commands import main
 except KeyboardInterrupt:  # Ctrl-C while importing: nothing was started
     sys.exit(1)
 

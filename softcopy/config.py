@@ -12,7 +12,7 @@ import yaml
 
 from .errors import ConfigError
 from .inputs import read_input
-from .records import records_dir
+from .state.records import records_dir
 from .units import parse_rate
 
 

@@ -22,7 +22,7 @@ from conftest import (
     wait_for,
 )
 
-from softcopy.simulate import FORMATS, SimulationSpec, array_paths, expected_data
+from softcopy.zarr.simulate import FORMATS, SimulationSpec, array_paths, expected_data
 
 SMALL = SimulationSpec(timepoints=6, interval=0.0, shape=(2, 32, 32), chunks=(1, 16, 16))
 
@@ -355,9 +355,9 @@ def test_a_copier_seeing_a_newer_version_than_the_ledger_settles(tmp_path: Path)
     """Regression: when the copier copied a version the supervisor never observed, the
     key was re-queued forever (174,000 copies of one file in a test run)."""
     from softcopy.config import make_target
-    from softcopy.scan import stat_key
-    from softcopy.supervisor import Supervisor
-    from softcopy.transfer import COPIED, Outcome
+    from softcopy.engine.target import Supervisor
+    from softcopy.sinks.local import COPIED, Outcome
+    from softcopy.sources.scan import stat_key
 
     src = tmp_path / "src.zarr"
     simulate(src, SMALL)

@@ -24,9 +24,9 @@ import pytest
 from conftest import assert_same_tree, run_softcopy, start_softcopy, tree_files, wait_for
 from test_acquisition import SMALL, simulate
 
-from softcopy.scan import TEMP_PREFIX
-from softcopy.simulate import SimulationSpec
-from softcopy.transfer import FAILED, DirCache, copy_one
+from softcopy.sinks.local import FAILED, DirCache, copy_one
+from softcopy.sources.scan import TEMP_PREFIX
+from softcopy.zarr.simulate import SimulationSpec
 
 FAULTFS = Path(__file__).with_name("faultfs.py")
 MOUNT_DEADLINE = 10.0

@@ -14,9 +14,9 @@ from conftest import assert_same_tree, finish, run_softcopy, start_softcopy, tre
 from test_acquisition import SMALL, assert_arrays_read_back, simulate
 
 import softcopy
-from softcopy.manifest import read_manifest
-from softcopy.scan import Version, version_of
-from softcopy.verify import compare_trees
+from softcopy.sources.scan import Version, version_of
+from softcopy.verify.compare import compare_trees
+from softcopy.verify.manifest import read_manifest
 
 LIVE = ("--settle", "600", "--scan-interval", "600")  # finishes only on the marker
 

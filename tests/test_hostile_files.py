@@ -12,7 +12,7 @@ from blake3 import blake3
 from conftest import run_softcopy
 
 from softcopy.errors import ConfigError
-from softcopy.manifest import MAX_LINE, format_line, read_manifest
+from softcopy.verify.manifest import MAX_LINE, format_line, read_manifest
 
 # A bound on a hang: each of these answers at once when it works.
 QUICK = 30.0

@@ -18,8 +18,8 @@ from conftest import (
     wait_for,
 )
 
-from softcopy.journal import APPLICATION_ID, SCHEMA_VERSION, Journal, read_copied_files
-from softcopy.scan import Version
+from softcopy.sources.scan import Version
+from softcopy.state.journal import APPLICATION_ID, SCHEMA_VERSION, Journal, read_copied_files
 
 # The schema of the journal before it had a version (`git show 18041ac:softcopy/journal.py`).
 OLD_SCHEMA = """

@@ -1,4 +1,4 @@
-"""Tests for softcopy.layout against archives really written by tensorstore and zarr-python."""
+"""Tests for softcopy.zarr.layout against archives really written by tensorstore and zarr-python."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import tensorstore as ts
 import zarr
 
-from softcopy import layout as layout_module
 from softcopy.errors import MetadataError
-from softcopy.layout import (
+from softcopy.zarr import layout as layout_module
+from softcopy.zarr.layout import (
     METADATA_NAMES,
     ArrayLayout,
     metadata_kind,

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from softcopy import ledger as ledger_module
-from softcopy.layout import ArrayLayout, parse_array_metadata
-from softcopy.ledger import Ledger
-from softcopy.scan import Version
+from softcopy.engine import ledger as ledger_module
+from softcopy.engine.ledger import Ledger
+from softcopy.sources.scan import Version
+from softcopy.zarr.layout import ArrayLayout, parse_array_metadata
 
 
 def layout(shape: list[int], chunks: list[int], path: str = ""):

@@ -12,8 +12,8 @@ from blake3 import blake3
 from conftest import run_softcopy, tree_files
 from test_acquisition import SMALL, simulate
 
-from softcopy.manifest import format_line, parse_line, read_manifest, write_manifest
-from softcopy.verify import check_manifest
+from softcopy.verify.compare import check_manifest
+from softcopy.verify.manifest import format_line, parse_line, read_manifest, write_manifest
 
 DIGEST = blake3(b"softcopy").hexdigest()
 

@@ -16,11 +16,11 @@ from conftest import assert_same_tree, run_softcopy
 from hypothesis import given
 from hypothesis import strategies as st
 
-from softcopy.manifest import format_line, parse_line, read_manifest, write_manifest
 from softcopy.names import json_record, name_from_json, safe_text, shown
-from softcopy.scan import is_temporary
-from softcopy.transfer import NAME_MAX, temp_name
-from softcopy.verify import check_manifest
+from softcopy.sinks.local import NAME_MAX, temp_name
+from softcopy.sources.scan import is_temporary
+from softcopy.verify.compare import check_manifest
+from softcopy.verify.manifest import format_line, parse_line, read_manifest, write_manifest
 
 DIGEST = blake3(b"softcopy").hexdigest()
 

@@ -73,8 +73,9 @@ def _dist_info(names: list[str], leaf: str) -> str:
 def test_wheel_holds_the_package_and_nothing_else(wheel: Path):
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
-    modules = sorted(p.name for p in (ROOT / "softcopy").glob("*.py"))
-    assert "cli.py" in modules and "copier.py" in modules
+    package = ROOT / "softcopy"
+    modules = sorted(p.relative_to(package).as_posix() for p in package.rglob("*.py"))
+    assert "cli/__init__.py" in modules and "copiers/pool.py" in modules
     for module in modules:
         assert f"softcopy/{module}" in names, f"softcopy/{module} missing from {wheel.name}"
     top = {n.split("/", 1)[0] for n in names}

@@ -10,9 +10,9 @@ from conftest import run_softcopy, tree_files
 from test_acquisition import SMALL, simulate
 
 from softcopy.config import make_target
-from softcopy.plan import COMPARE, COPY, DELETE, KEEP_EXTRA, TRUST, decide
-from softcopy.scan import Version
-from softcopy.supervisor import copy_target
+from softcopy.engine.plan import COMPARE, COPY, DELETE, KEEP_EXTRA, TRUST, decide
+from softcopy.engine.target import copy_target
+from softcopy.sources.scan import Version
 
 V1, V1_OTHER_MTIME, V2 = Version(10, 1, 7), Version(10, 2, 8), Version(20, 3, 9)
 

@@ -24,7 +24,7 @@ import pytest
 from conftest import DEADLINE, softcopy_cmd
 from test_acquisition import SMALL, simulate
 
-from softcopy.progress import (
+from softcopy.cli.progress import (
     LIVE,
     LOG,
     OFF,
@@ -194,7 +194,7 @@ def test_log_lines_print_above_the_live_table_and_handlers_get_their_stream_back
     try:
         with Reporter(LIVE, err=err, force_terminal=True) as reporter:
             reporter(progress("/a", 1.0))
-            logging.getLogger("softcopy.supervisor").warning("a line from the engine")
+            logging.getLogger("softcopy.engine.target").warning("a line from the engine")
             assert handler.stream is not err
         assert handler.stream is err
     finally:
@@ -324,7 +324,7 @@ if __name__ == "__main__":
 
 def test_the_table_counts_files_not_copy_operations() -> None:
     """A rewritten file copied twice is one file: 630 of 1282 files, not 630/1431."""
-    from softcopy.progress import TargetRow
+    from softcopy.cli.progress import TargetRow
 
     row = TargetRow("src", "dst")
     row.update({"event": "progress", "state": "copying", "files_copied": 760,

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from softcopy.errors import MetadataError
-from softcopy.layout import (
+from softcopy.zarr.layout import (
     INDEX_LIMIT,
     MAX_NESTING,
     ArrayLayout,

@@ -23,8 +23,8 @@ import pytest
 from blake3 import blake3
 from conftest import finish, start_softcopy, wait_for
 
-from softcopy.racy import Granularity, proven_after_ns
-from softcopy.scan import Version
+from softcopy.engine.racy import Granularity, proven_after_ns
+from softcopy.sources.scan import Version
 
 ZARRAY = {"zarr_format": 2, "shape": [4], "chunks": [2], "dtype": "<u1", "fill_value": 0}
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from softcopy.simulate import (
+from softcopy.zarr.simulate import (
     FORMATS,
     LAYOUTS,
     SimulationSpec,
@@ -242,7 +242,7 @@ def test_runs_out_of_process(tmp_path: Path) -> None:
     root = tmp_path / "sub.zarr"
     code = (
         "import json, sys; from pathlib import Path; "
-        "from softcopy.simulate import SimulationSpec, simulate; "
+        "from softcopy.zarr.simulate import SimulationSpec, simulate; "
         "spec = SimulationSpec(format='v3-sharded', layout='ome', timepoints=3, interval=0, "
         "shape=(2, 16, 16), chunks=(1, 8, 8), holes=0.2); "
         "json.dump(simulate(Path(sys.argv[1]), spec), sys.stdout)"

@@ -28,7 +28,7 @@ from conftest import (
 )
 from test_acquisition import SMALL, simulate
 
-from softcopy.pressure import block_device, io_scheduler
+from softcopy.sources.pressure import block_device, io_scheduler
 from softcopy.throttle import create_bucket
 from softcopy.units import parse_rate
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from softcopy.scan import TEMP_PREFIX, version_of
-from softcopy.transfer import CHANGED, COPIED, DELETED, FAILED, SAME, DirCache, Outcome, copy_one
+from softcopy.sinks.local import CHANGED, COPIED, DELETED, FAILED, SAME, DirCache, Outcome, copy_one
+from softcopy.sources.scan import TEMP_PREFIX, version_of
 
 MTIME_NS = 1_234_567_890_123_456_789
 DEADLINE = 60.0

@@ -14,8 +14,8 @@ from blake3 import blake3
 from conftest import run_softcopy, tree_files
 from test_acquisition import SMALL, simulate
 
-from softcopy.layout import metadata_kind
 from softcopy.names import name_from_json
+from softcopy.zarr.layout import metadata_kind
 
 
 def _make_copy(base: Path, spec) -> tuple[Path, Path]:

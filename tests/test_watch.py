@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from softcopy.scan import is_temporary, scan_tree
-from softcopy.watch import Hint, TreeWatcher
+from softcopy.sources.scan import is_temporary, scan_tree
+from softcopy.sources.watch import Hint, TreeWatcher
 
 HEX16 = "0123456789abcdef"
 HEX32 = "0123456789abcdef0123456789abcdef"
@@ -299,8 +299,8 @@ def test_a_deleted_and_recreated_directory_is_watched_again(
 
 _LIMIT_PROBE = """
 import sys
-from softcopy.scan import scan_tree
-from softcopy.watch import TreeWatcher
+from softcopy.sources.scan import scan_tree
+from softcopy.sources.watch import TreeWatcher
 w = TreeWatcher(sys.argv[1])
 result = scan_tree(sys.argv[1], "", on_dir=w.watch)
 print(w.unwatched, len(result.directories), len(result.files))

@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from .names import json_record, shown
-from .units import human_bytes
+from ..names import json_record, shown
+from ..units import human_bytes
 
 log = logging.getLogger("softcopy")
 

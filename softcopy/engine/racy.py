@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 
-from .scan import Version
+from ..sources.scan import Version
 
 # Steps a filesystem's timestamps come in: FAT's 2 s, whole seconds (ext3, ext4 with
 # 128-byte inodes, HFS+, many NFS/SMB servers), then decimal fractions (NTFS: 100 ns).

@@ -12,9 +12,9 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import MetadataError
+from ..errors import MetadataError
+from ..verify.compare import Finding, metadata_key
 from .layout import ArrayLayout, metadata_kind, read_node
-from .verify import Finding, metadata_key
 
 
 def find_arrays(

@@ -7,11 +7,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import MetadataError
+from ..errors import MetadataError
+from ..names import safe_text, shown
+from ..sources.scan import ScanResult, Version, scan_tree
+from ..zarr.layout import attributes_problem, metadata_kind, read_node
 from .hashing import hash_files
-from .layout import attributes_problem, metadata_kind, read_node
-from .names import safe_text, shown
-from .scan import ScanResult, Version, scan_tree
 
 _TEMPLATES = {
     "missing": "missing: {key} (in the source, not in the destination)",

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .layout import ArrayLayout
-from .scan import Version
+from ..sources.scan import Version
+from ..zarr.layout import ArrayLayout
 
 ABSENT = (-1, -1, -1, -1)
 _FIELDS = len(ABSENT)

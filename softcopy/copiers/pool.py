@@ -2,7 +2,7 @@
 
 A copier knows nothing of zarr; it imports only the standard library, psutil and
 `transfer`, so starting one is cheap. Each is a fresh interpreter
-(`python -m softcopy.copier`) talking over a socketpair: no fork of a
+(`python -m softcopy.copiers.pool`) talking over a socketpair: no fork of a
 multi-threaded supervisor, and no dependence on how the parent was started.
 """
 
@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
-from .throttle import RateLimit
-from .transfer import DirCache, Outcome, clear_umask, copy_one
+from ..sinks.local import DirCache, Outcome, clear_umask, copy_one
+from ..throttle import RateLimit
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class CopierPool:
     def _start(self) -> Copier:
         parent, child = socket.socketpair()
         payload = json.dumps(self.options.__dict__)
-        cmd = [sys.executable, "-m", "softcopy.copier", str(child.fileno()), str(os.getpid())]
+        cmd = [sys.executable, "-m", "softcopy.copiers.pool", str(child.fileno()), str(os.getpid())]
         process = subprocess.Popen(
             [*cmd, payload], pass_fds=[child.fileno()], stdin=subprocess.DEVNULL
         )

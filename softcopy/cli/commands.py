@@ -19,16 +19,16 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .config import TargetConfig, load_targets, make_target
-from .errors import EXIT_FAILED, EXIT_OK, ConfigError, SoftcopyError
-from .journal import RUNNING_STATES
-from .names import json_record, safe_text, shown, utf8_text
+from .. import __version__
+from ..config import TargetConfig, load_targets, make_target
+from ..engine.target import StopSignal, Summary, copy_target
+from ..errors import EXIT_FAILED, EXIT_OK, ConfigError, SoftcopyError
+from ..names import json_record, safe_text, shown, utf8_text
+from ..state.journal import RUNNING_STATES
+from ..throttle import create_bucket
+from ..units import human_bytes, parse_rate
+from ..zarr.simulate import FORMATS, LAYOUTS
 from .progress import Reporter, make_reporter
-from .simulate import FORMATS, LAYOUTS
-from .supervisor import StopSignal, Summary, copy_target
-from .throttle import create_bucket
-from .units import human_bytes, parse_rate
 
 log = logging.getLogger("softcopy")
 
@@ -606,11 +606,11 @@ def _verify(
     as_json: bool,
     workers: int,
 ) -> int:
-    from .manifest import MANIFEST, read_manifest
-    from .names import json_record
-    from .records import RecordFile, Records
-    from .supervisor import sidecar_dir
-    from .verify import check_manifest, compare_trees
+    from ..engine.target import sidecar_dir
+    from ..names import json_record
+    from ..state.records import RecordFile, Records
+    from ..verify.compare import check_manifest, compare_trees
+    from ..verify.manifest import MANIFEST, read_manifest
 
     if len(paths) > 2:
         raise ConfigError(
@@ -651,8 +651,8 @@ def _verify(
         result = check_manifest(str(destination), digests, workers)
         mode = "BLAKE3 against the manifest"
     if decode:
-        from .decode import check_decode
-        from .scan import scan_tree
+        from ..sources.scan import scan_tree
+        from ..zarr.decode import check_decode
 
         result.findings += check_decode(str(destination), scan_tree(str(destination)).files)
         mode += ", decoded"
@@ -691,7 +691,7 @@ def _verify(
 @click.pass_context
 def status(ctx: click.Context, state_dir: Path | None, as_json: bool) -> None:
     """Targets in the journal: state, files and bytes done and pending, failures, last activity."""
-    from .journal import default_state_dir, read_status
+    from ..state.journal import default_state_dir, read_status
 
     def body() -> int:
         targets = read_status(state_dir or default_state_dir())
@@ -780,7 +780,7 @@ def _simulation_options(func: Callable) -> Callable:
 
 
 def _spec(fmt: str, shape: str, chunks: str, **options: Any):
-    from .simulate import SimulationSpec
+    from ..zarr.simulate import SimulationSpec
 
     def ints(text: str, name: str) -> tuple[int, ...]:
         try:
@@ -804,7 +804,7 @@ def _spec(fmt: str, shape: str, chunks: str, **options: Any):
 @click.pass_context
 def simulate(ctx: click.Context, destination: Path, **options: Any) -> None:
     """Write a zarr archive with tensorstore the way a microscope does (for demos and tests)."""
-    from .simulate import simulate as run_simulation
+    from ..zarr.simulate import simulate as run_simulation
 
     spec = _spec(**options)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
-from .errors import SoftcopyError
+from ..errors import SoftcopyError
 from .scan import is_temporary, join_key
 
 log = logging.getLogger(__name__)

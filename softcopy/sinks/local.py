@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 from blake3 import blake3
 
-from .hashing import new_hasher
-from .scan import TEMP_PREFIX, Version, version_of
-from .throttle import slice_size
+from ..sources.scan import TEMP_PREFIX, Version, version_of
+from ..throttle import slice_size
+from ..verify.hashing import new_hasher
 
 # Results a copier reports for one key.
 COPIED = "copied"  # destination now holds `version`

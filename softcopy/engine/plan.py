@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .scan import Version
+from ..sources.scan import Version
 
 TRUST = "trust"  # the journal says we copied this very source version; size and mtime agree
 COMPARE = "compare"  # same size, not vouched for: compare bytes before rewriting

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from blake3 import blake3
 
-from . import __version__
-from .inputs import open_input
-from .names import json_record, utf8_text
-from .records import RecordFile, write_file
+from .. import __version__
+from ..inputs import open_input
+from ..names import json_record, utf8_text
+from ..state.records import RecordFile, write_file
 
 MANIFEST = "manifest.b3"
 CERTIFICATE = "certificate.json"

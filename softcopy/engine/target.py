@@ -21,31 +21,12 @@ from datetime import UTC, datetime
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from . import __version__
-from .config import TargetConfig
-from .copier import CopierOptions, CopierPool
-from .errors import ConfigError, MetadataError, SoftcopyError, from_os_error
-from .journal import Journal, default_state_dir, read_copied_files
-from .layout import ArrayLayout, metadata_kind, read_node
-from .ledger import Ledger
-from .manifest import CERTIFICATE, MANIFEST, write_certificate, write_manifest
-from .mounts import events_unreliable, filesystem_type
-from .names import json_record, shown
-from .plan import COMPARE, COPY, DELETE, KEEP_EXTRA, TRUST, decide, plan_all
-from .pressure import DiskPressure, idle_class_warning
-from .racy import Granularity, coarse_clock_ns, proven_after_ns
-from .records import (
-    RecordFile,
-    Records,
-    describe,
-    lock_fd,
-    open_directory,
-    records_dir,
-    write_file,
-)
-from .scan import TEMP_PREFIX, ScanResult, Version, scan_tree, stat_key
-from .throttle import create_bucket
-from .transfer import (
+from .. import __version__
+from ..config import TargetConfig
+from ..copiers.pool import CopierOptions, CopierPool
+from ..errors import ConfigError, MetadataError, SoftcopyError, from_os_error
+from ..names import json_record, shown
+from ..sinks.local import (
     CHANGED,
     COPIED,
     DELETED,
@@ -56,9 +37,28 @@ from .transfer import (
     copy_one,
     temp_name,
 )
-from .units import human_bytes
-from .verify import Finding, Verification, compare_trees
-from .watch import TreeWatcher
+from ..sources.mounts import events_unreliable, filesystem_type
+from ..sources.pressure import DiskPressure, idle_class_warning
+from ..sources.scan import TEMP_PREFIX, ScanResult, Version, scan_tree, stat_key
+from ..sources.watch import TreeWatcher
+from ..state.journal import Journal, default_state_dir, read_copied_files
+from ..state.records import (
+    RecordFile,
+    Records,
+    describe,
+    lock_fd,
+    open_directory,
+    records_dir,
+    write_file,
+)
+from ..throttle import create_bucket
+from ..units import human_bytes
+from ..verify.compare import Finding, Verification, compare_trees
+from ..verify.manifest import CERTIFICATE, MANIFEST, write_certificate, write_manifest
+from ..zarr.layout import ArrayLayout, metadata_kind, read_node
+from .ledger import Ledger
+from .plan import COMPARE, COPY, DELETE, KEEP_EXTRA, TRUST, decide, plan_all
+from .racy import Granularity, coarse_clock_ns, proven_after_ns
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .scan import Version
+from ..errors import ConfigError
+from ..sources.scan import Version
 
 log = logging.getLogger("softcopy")
 
@@ -320,8 +320,32 @@ def _inspect(path: Path, immutable: bool = False) -> tuple[sqlite3.Connection, i
     return db, version
 
 
+# Targets of one `run` open the journal at the same moment from their threads; creating
+# it and switching it to WAL takes locks SQLite reports as "locked" without waiting.
+_OPEN_LOCK = threading.Lock()
+_OPEN_PATIENCE = 30.0
+
+
 def open_db(state_dir: Path) -> sqlite3.Connection:
     """A read-write connection to the journal, created or migrated to SCHEMA_VERSION."""
+    deadline = time.monotonic() + _OPEN_PATIENCE
+    delay = 0.01
+    while True:
+        try:
+            with _OPEN_LOCK:
+                return _open_db(state_dir)
+        except ConfigError as exc:
+            # Another process creating or migrating it: wait, as a busy timeout would.
+            locked = isinstance(exc.__cause__, sqlite3.OperationalError) and "locked" in str(
+                exc.__cause__
+            )
+            if not locked or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
+def _open_db(state_dir: Path) -> sqlite3.Connection:
     path = state_dir / JOURNAL
     try:
         state_dir.mkdir(parents=True, exist_ok=True)

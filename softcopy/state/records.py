@@ -15,7 +15,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import ConfigError, SoftcopyError, from_os_error
+from ..errors import ConfigError, SoftcopyError, from_os_error
 
 LOCK = "lock"
 _LINK = "it is a symbolic link, which softcopy never follows; remove it"
