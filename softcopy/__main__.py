@@ -3,8 +3,8 @@
 import sys
 
 try:
-    from .cli.commands import main
+    from .cli import entry
 except KeyboardInterrupt:  # Ctrl-C while importing: nothing was started
     sys.exit(1)
 
-main(prog_name="softcopy")
+entry()

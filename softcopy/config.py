@@ -1,10 +1,9 @@
-"""Targets and their options, parsed once into frozen dataclasses; every check lives here."""
+"""Targets: paths checked, options parsed once (options.py) into frozen dataclasses."""
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,130 +11,12 @@ import yaml
 
 from .errors import ConfigError
 from .inputs import read_input
+from .options import OPTIONS, parse_options, target_class
 from .state.records import records_dir
-from .units import parse_rate
 
-
-@dataclass(frozen=True)
-class TargetConfig:
-    source: Path
-    destination: Path
-    nprocs: int = 2
-    sleep_time: float = 0.0  # seconds each copier sleeps after each file
-    wait_for_source: bool = False
-    idle_timeout: float | None = None  # finish when nothing changed for this long
-    settle: float = 5.0  # quiet time after every expected chunk is present
-    scan_interval: float = 30.0  # periodic reconciliation scan
-    complete_marker: str = "complete"
-    fsync: bool = False
-    hash: bool = False  # BLAKE3 while copying; verify content; write manifest.b3
-    max_attempts: int = 5
-    batch_size: int = 32
-    state_dir: Path | None = None  # journal location; default $XDG_STATE_HOME/softcopy
-    dry_run: bool = False  # say what would be copied, re-copied and deleted; write nothing
-    # a damaged journal (or not a softcopy journal) is moved aside and a new one started:
-    # nothing it claimed is trusted, files at the destination are compared
-    reset_journal: bool = False
-    # a destination softcopy made from another source (or from a source directory since
-    # deleted and made again) becomes a copy of this one: what this source lacks is deleted
-    replace: bool = False
-    max_rate: float | None = None  # bytes/s for all copiers of this target together
-    backoff: bool = True  # pause copiers while the source disk is busy being written
-    kind: str = "zarr"  # or "directory": any tree, e.g. an Illumina or ONT run folder
-    # files at the source root (globs) that say the run is finished, e.g. CopyComplete.txt,
-    # final_summary_*.txt; copied last, after verification, like the complete marker
-    sentinels: tuple[str, ...] = ()
-    sentinel_min_age: float = 10.0  # a sentinel counts once unchanged for this long
-    ready_age: float = 2.0  # directory targets: copy a file once unchanged this long
-    include: tuple[str, ...] = ()  # globs on keys; empty = everything
-    exclude: tuple[str, ...] = ()  # globs on keys, e.g. "*.tmp", "logs/*"
-    watch: str = "auto"  # inotify, poll, or auto: poll on network and FUSE filesystems
-    poll_interval: float = 5.0  # seconds between scans when polling
-    # the source device counts as busy at this utilisation while being written
-    # (a saturating O_DIRECT writer measured 80-84 % on a loop device here)
-    busy_utilisation: float = 0.75
-    # a guessed end (settle, idle timeout) may still say "safe to free" in the certificate
-    trust_guessed_end: bool = False
-
-    @property
-    def name(self) -> str:
-        return str(self.source)
-
-
-_OPTION_NAMES = {f.name for f in fields(TargetConfig)} - {"source", "destination"}
-# Annotations are strings here (postponed evaluation): "bool" fields are switches.
-_BOOL_OPTIONS = {f.name for f in fields(TargetConfig) if f.type == "bool"}
-
-
-def _check_number(where: str, value: Any, minimum: float, allow_none: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    # NaN (YAML `.nan`) compares false with everything: a NaN settle time would skip the
-    # settle wait, and time.sleep(nan) raises in every copier.
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ConfigError(where, "read option", f"{value!r} is not a number")
-    if value < minimum:
-        raise ConfigError(where, "read option", f"{value!r} is less than {minimum}")
-    return value
-
-
-def parse_options(options: dict[str, Any], where: str) -> dict[str, Any]:
-    """Validate per-target options; `where` names the place for error messages."""
-    parsed: dict[str, Any] = {}
-    for name, value in options.items():
-        here = f"{where}.{name}"
-        if name not in _OPTION_NAMES:
-            known = ", ".join(sorted(_OPTION_NAMES))
-            raise ConfigError(here, "read option", f"unknown option (known: {known})")
-        if name in ("nprocs", "max_attempts", "batch_size"):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(here, "read option", f"{value!r} is not a whole number >= 1")
-        elif name in ("sleep_time", "settle"):
-            _check_number(here, value, 0)
-        elif name == "scan_interval":
-            _check_number(here, value, 0.1)
-        elif name == "idle_timeout":
-            _check_number(here, value, 0, allow_none=True)
-        elif name in _BOOL_OPTIONS:
-            if not isinstance(value, bool):
-                raise ConfigError(here, "read option", f"{value!r} is not true or false")
-        elif name == "max_rate" and value is not None:
-            try:
-                value = parse_rate(value)
-            except ValueError as exc:
-                raise ConfigError(here, "read option", str(exc)) from None
-        elif name == "kind":
-            if value not in ("zarr", "directory"):
-                raise ConfigError(here, "read option", f"{value!r} is not 'zarr' or 'directory'")
-        elif name == "watch":
-            if value not in ("auto", "inotify", "poll"):
-                raise ConfigError(here, "read option", f"{value!r} is not auto, inotify or poll")
-        elif name in ("sentinels", "include", "exclude"):
-            if isinstance(value, str):
-                value = [value]
-            if not isinstance(value, list | tuple) or not all(
-                isinstance(v, str) and v for v in value
-            ):
-                raise ConfigError(here, "read option", f"{value!r} is not a list of glob patterns")
-            value = tuple(value)
-        elif name in ("sentinel_min_age", "ready_age"):
-            _check_number(here, value, 0)
-        elif name == "poll_interval":
-            _check_number(here, value, 0.1)
-        elif name == "busy_utilisation":
-            _check_number(here, value, 0.05)
-            if value > 1:
-                raise ConfigError(here, "read option", f"{value!r} is more than 1 (100 %)")
-        elif name == "state_dir" and value is not None:
-            if not isinstance(value, str | os.PathLike) or not str(value):
-                raise ConfigError(here, "read option", f"{value!r} is not a directory path")
-            value = Path(os.path.abspath(os.path.expanduser(value)))
-        elif name == "complete_marker" and (
-            not isinstance(value, str) or not value or "/" in value
-        ):
-            raise ConfigError(here, "read option", f"{value!r} is not a plain file name")
-        parsed[name] = value
-    return parsed
+# One field per row of options.OPTIONS, with its default: the table is the only place an
+# option is declared.
+TargetConfig = target_class(OPTIONS, __name__)
 
 
 def make_target(source: Any, destination: Any, options: dict[str, Any], where: str) -> TargetConfig:

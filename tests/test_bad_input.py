@@ -294,7 +294,7 @@ def unprivileged_python(probe_dir: str) -> tuple[str | None, str]:
     candidates = [sys.executable, os.path.realpath(sys.executable)]
     candidates += [shutil.which(f"python{version}", path=p) for p in ("/usr/local/bin", "/usr/bin")]
     check = (
-        "import os, subprocess, sys, softcopy.cli.commands, softcopy.copiers.pool;"
+        "import os, subprocess, sys, softcopy.cli, softcopy.engine.target, softcopy.copiers.pool;"
         f"assert sys.version_info[:2] == {tuple(sys.version_info[:2])};"
         f"os.listdir({probe_dir!r});"
         "subprocess.run([sys.executable, '-c', 'import softcopy.sinks.local'], check=True)"

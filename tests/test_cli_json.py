@@ -14,7 +14,7 @@ import yaml
 from conftest import run_softcopy
 from test_acquisition import SMALL, simulate
 
-from softcopy.cli.commands import PLAN_FIELDS
+from softcopy.cli.render import PLAN_FIELDS
 
 PROGRESS_FIELDS = {
     "state", "files_copied", "bytes_copied", "files_deleted", "files_pending", "bytes_pending",

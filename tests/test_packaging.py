@@ -90,7 +90,7 @@ def test_wheel_entry_point_and_metadata(wheel: Path):
         metadata = zf.read(_dist_info(names, "METADATA")).decode()
     parser = configparser.ConfigParser()
     parser.read_string(entry_points)
-    assert parser["console_scripts"]["softcopy"].strip() == "softcopy.cli:main"
+    assert parser["console_scripts"]["softcopy"].strip() == "softcopy.cli:entry"
 
     meta = email.parser.Parser().parsestr(metadata)
     assert meta["Name"] == "softcopy"

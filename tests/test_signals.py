@@ -348,3 +348,17 @@ def test_ctrl_c_twice_exits_1_whenever_it_comes(tmp_path: Path, moment: str) -> 
     assert not any(".softcopy-tmp." in k for k in tree_files(dst)), "temporary file left behind"
     if moment == "summary":
         assert b"done: " in out  # the summary itself is whole
+
+
+def test_a_command_run_in_process_leaves_the_caller_s_signals_alone(tmp_path: Path) -> None:
+    """A blocked signal mask is inherited by every process started later: a command run
+    in-process (as tests, or a service, do) must not leave it blocked. It did once, and
+    every later softcopy in the test run ignored Ctrl-C."""
+    from click.testing import CliRunner
+
+    from softcopy.cli import main
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    CliRunner().invoke(main, ["run", str(tmp_path / "missing.yaml")])
+    after = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert after == before

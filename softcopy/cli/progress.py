@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ..names import json_record, shown
+from ..states import FINAL_STATES
 from ..units import human_bytes
 
 log = logging.getLogger("softcopy")
@@ -33,7 +34,6 @@ SCHEMA = 1
 LIVE, LOG, OFF = "live", "log", "off"
 LOG_EVERY = 10.0
 REFRESH_PER_SECOND = 4.0
-FINAL_STATES = ("done", "failed", "interrupted")
 # How long a lag measurement is shown after the last interval that had one.
 _LAG_SHOWN_FOR = 10.0
 # Weight of the newest rate sample (one a second) in the smoothed rate.

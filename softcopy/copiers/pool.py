@@ -1,7 +1,7 @@
 """Copier processes: low priority, fed batches of keys, report one outcome per key.
 
 A copier knows nothing of zarr; it imports only the standard library, psutil and
-`transfer`, so starting one is cheap. Each is a fresh interpreter
+its kind of sink, so starting one is cheap. Each is a fresh interpreter
 (`python -m softcopy.copiers.pool`) talking over a socketpair: no fork of a
 multi-threaded supervisor, and no dependence on how the parent was started.
 """
@@ -21,9 +21,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
-from ..sinks.local import DirCache, Outcome, clear_umask, copy_one
+from ..sinks.base import Outcome, SinkSpec, sink_from_spec
+from ..sinks.local import clear_umask
 from ..throttle import RateLimit
+
+if TYPE_CHECKING:  # a copier process never imports the configuration (yaml, click)
+    from ..config import TargetConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +37,38 @@ _PR_SET_PDEATHSIG = 1
 
 @dataclass(frozen=True)
 class CopierOptions:
+    """What a copier needs of its target; made by `copier_options`, whose target settings
+    come from the TargetConfig (their defaults are the option table's, not repeated here)."""
+
     source: str
     destination: str
-    sleep_time: float = 0.0
-    fsync: bool = False
-    digest: bool = False
-    nice: int = 19
-    idle_io: bool = True
+    sleep_time: float
+    fsync: bool
+    digest: bool
     # (state file, bytes/s) of every rate limit this copier obeys: its target's
     # --max-rate and a run-wide one; all copiers sharing a file share its rate.
     rate_limits: tuple[tuple[str, float], ...] = ()
+    nice: int = 19
+    idle_io: bool = True
+    # Where copiers write; None: the local directory `destination`.
+    sink: SinkSpec | None = None
+
+
+def copier_options(
+    cfg: TargetConfig,
+    rate_limits: tuple[tuple[str, float], ...] = (),
+    sink: SinkSpec | None = None,
+) -> CopierOptions:
+    """The one place a target's settings become a copier's."""
+    return CopierOptions(
+        str(cfg.source),
+        str(cfg.destination),
+        cfg.sleep_time,
+        cfg.fsync,
+        digest=cfg.hash,
+        rate_limits=rate_limits,
+        sink=sink,
+    )
 
 
 # ---- the child side ------------------------------------------------------------------
@@ -107,7 +134,7 @@ def child_main(fd: int, parent_pid: int, options: CopierOptions) -> None:
     conn = Connection(fd)
     for warning in warnings:
         conn.send(("warn", warning))
-    dirs = DirCache(options.destination)
+    sink = sink_from_spec(options.sink or SinkSpec("local", options.destination))
     while not stopping:
         try:
             message = conn.recv()
@@ -122,9 +149,8 @@ def child_main(fd: int, parent_pid: int, options: CopierOptions) -> None:
                 if stopping:
                     break
                 outcomes.append(
-                    copy_one(
+                    sink.put(
                         options.source,
-                        dirs,
                         key,
                         compare_first,
                         options.fsync,
@@ -135,7 +161,7 @@ def child_main(fd: int, parent_pid: int, options: CopierOptions) -> None:
                 if options.sleep_time > 0 and not stopping:
                     select.select([wake_r], [], [], options.sleep_time)
         finally:
-            dirs.close()
+            sink.release()
         try:
             conn.send(("done", batch_id, outcomes))
         except OSError:
@@ -170,7 +196,7 @@ class CopierPool:
 
     def _start(self) -> Copier:
         parent, child = socket.socketpair()
-        payload = json.dumps(self.options.__dict__)
+        payload = json.dumps(_encode(self.options))
         cmd = [sys.executable, "-m", "softcopy.copiers.pool", str(child.fileno()), str(os.getpid())]
         process = subprocess.Popen(
             [*cmd, payload], pass_fds=[child.fileno()], stdin=subprocess.DEVNULL
@@ -277,6 +303,21 @@ class CopierPool:
         return outcomes
 
 
+def _encode(options: CopierOptions) -> dict:
+    """The options as JSON data for a copier's command line (names as surrogate escapes)."""
+    data = dict(options.__dict__)
+    if options.sink is not None:
+        data["sink"] = options.sink.as_dict()
+    return data
+
+
+def _decode(data: dict) -> CopierOptions:
+    data["rate_limits"] = tuple(tuple(x) for x in data.get("rate_limits", ()))
+    if data.get("sink") is not None:
+        data["sink"] = SinkSpec.from_dict(data["sink"])
+    return CopierOptions(**data)
+
+
 def _send_quietly(conn: Connection, message: object) -> None:
     try:
         conn.send(message)
@@ -286,6 +327,4 @@ def _send_quietly(conn: Connection, message: object) -> None:
 
 if __name__ == "__main__":
     _fd, _parent, _payload = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    _options = json.loads(_payload)
-    _options["rate_limits"] = tuple(tuple(x) for x in _options.get("rate_limits", ()))
-    child_main(_fd, _parent, CopierOptions(**_options))
+    child_main(_fd, _parent, _decode(json.loads(_payload)))

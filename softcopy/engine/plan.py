@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..sinks.base import Space
 from ..sources.scan import Version
 
 TRUST = "trust"  # the journal says we copied this very source version; size and mtime agree
@@ -62,3 +63,33 @@ def plan_all(
         if action is not None:
             plan.add(action, (here or there or Version(0, 0, 0, 0)).size)
     return plan
+
+
+def plan_record(
+    here: Mapping[str, Version],
+    there: Mapping[str, Version],
+    journaled: Mapping[str, tuple[Version, str]],
+    owned: bool,
+    space: Space,
+) -> dict:
+    """What `--dry-run` reports (the `plan` event): actions, bytes, and whether it fits."""
+    plan = plan_all(here, there, journaled, owned)
+    needed, files = plan.bytes.get(COPY, 0), plan.files.get(COPY, 0)
+    return {
+        "files_to_copy": files,
+        "bytes_to_copy": needed,
+        "files_to_compare": plan.files.get(COMPARE, 0),
+        "bytes_to_compare": plan.bytes.get(COMPARE, 0),
+        "files_trusted": plan.files.get(TRUST, 0),
+        "files_to_delete": plan.files.get(DELETE, 0),
+        "extras_kept": plan.files.get(KEEP_EXTRA, 0),
+        "free_bytes": space.free_bytes,
+        "free_inodes": space.free_inodes,
+        "destination_mount": space.mount,
+        "fits": needed <= space.free_bytes
+        and (space.free_inodes is None or files <= space.free_inodes),
+        # "re-copy": files at the destination that will be rewritten (other size)
+        "files_to_recopy": sum(
+            1 for k, v in here.items() if k in there and there[k].size != v.size
+        ),
+    }

@@ -20,7 +20,9 @@ at the kernel's coarse clock resolution (file times come from that clock).
 
 from __future__ import annotations
 
+import heapq
 import time
+from collections.abc import Callable
 
 from ..sources.scan import Version
 
@@ -82,3 +84,50 @@ def proven_after_ns(version: Version, tick_ns: int, margin_ns: int = 0) -> int:
     """Wall time (ns) after which a check of `version` proves it: the end of its newest tick."""
     stamp = max(version.mtime_ns, version.ctime_ns)
     return (stamp // tick_ns + 1) * tick_ns + margin_ns
+
+
+class UnprovenCopies:
+    """Copies whose version a later change could still hide, until their tick has passed.
+
+    They are not journaled; once due, the engine compares each with the source again.
+    """
+
+    def __init__(self, granularity: Granularity, margin_ns: int) -> None:
+        self.granularity = granularity
+        self.margin_ns = margin_ns
+        self.versions: dict[str, Version] = {}
+        self._due: list[tuple[int, str]] = []  # heap of (wall ns, key)
+
+    def __len__(self) -> int:
+        return len(self.versions)
+
+    def _proven_after(self, version: Version) -> int:
+        return proven_after_ns(version, self.granularity.ns, self.margin_ns)
+
+    def unproven(self, version: Version, checked_ns: int) -> bool:
+        """A copy checked before its version's timestamp tick ended."""
+        return bool(checked_ns) and checked_ns < self._proven_after(version)
+
+    def hold(self, key: str, version: Version) -> None:
+        self.versions[key] = version
+        heapq.heappush(self._due, (self._proven_after(version), key))
+
+    def settle(self, key: str) -> None:
+        """Proven (checked after its tick), or deleted: nothing left to re-check."""
+        self.versions.pop(key, None)
+
+    def due(self, copied: Callable[[str], Version | None]) -> list[str]:
+        """Keys whose tick has passed and whose copy is still the one held."""
+        now = time.time_ns()
+        keys = []
+        while self._due and self._due[0][0] <= now:
+            _, key = heapq.heappop(self._due)
+            version = self.versions.get(key)
+            if version is None or copied(key) != version:
+                continue  # proven, deleted or superseded since
+            later = self._proven_after(version)
+            if later > now:  # the granularity turned out coarser than when it was queued
+                heapq.heappush(self._due, (later, key))
+                continue
+            keys.append(key)
+        return keys

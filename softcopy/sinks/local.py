@@ -1,5 +1,6 @@
-"""Copy one file: temporary name, kernel copy, byte count and source re-check, rename.
+"""A local directory as the destination: copy_one per file, LocalDirectory for the rest.
 
+Copy one file: temporary name, kernel copy, byte count and source re-check, rename.
 Runs inside copier processes, so it imports nothing heavier than the standard
 library. Never follows a link: sources are opened with O_NOFOLLOW, destination
 directories are walked with O_NOFOLLOW from the destination root, so nothing
@@ -8,47 +9,42 @@ is written through a link planted in the destination tree.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
 import re
 import stat
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterable
+from pathlib import Path
+from typing import BinaryIO
 
 from blake3 import blake3
 
-from ..sources.scan import TEMP_PREFIX, Version, version_of
+from ..errors import ConfigError, SoftcopyError, from_os_error
+from ..sources.scan import TEMP_PREFIX, ScanResult, Version, scan_tree, stat_key, version_of
+from ..state.records import Records, describe, lock_fd, open_directory, records_dir
 from ..throttle import slice_size
 from ..verify.hashing import new_hasher
-
-# Results a copier reports for one key.
-COPIED = "copied"  # destination now holds `version`
-SAME = "same"  # destination already held identical bytes; only mode and mtime were set
-DELETED = "deleted"  # source is gone and so is the destination file
-CHANGED = "changed"  # the source changed while we copied; nothing was published
-FAILED = "failed"
+from .base import (
+    CHANGED,
+    COPIED,
+    DELETED,
+    FAILED,
+    SAME,
+    Capabilities,
+    Outcome,
+    SinkSpec,
+    Space,
+    Throttle,
+)
 
 _KERNEL_COPY_FALLBACK = {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF}
 _COMPARE_BLOCK = 1 << 20
 # Large enough to amortise syscalls, small enough to stay in L2 while hashed;
 # a small chunk file is read whole in one call.
 _COPY_BLOCK = 1 << 20
-
-
-@dataclass(frozen=True)
-class Outcome:
-    key: str
-    status: str
-    version: Version | None = None
-    nbytes: int = 0
-    error: str = ""
-    errno: int = 0
-    digest: str = ""  # BLAKE3 of the bytes read from the source, when hashing
-    # Wall clock (ns) taken just before the source was last seen unchanged: whether
-    # `version` is proven depends on the filesystem's timestamp granularity (racy.py).
-    checked_ns: int = 0
 
 
 class DirCache:
@@ -132,9 +128,6 @@ def clear_umask() -> None:
     global _EXACT_MODES
     os.umask(0)
     _EXACT_MODES = True
-
-
-Throttle = Callable[[int], None]
 
 
 def slice_bytes(throttle: Throttle) -> int:
@@ -429,3 +422,200 @@ def _unlink_quietly(name: str, dfd_or_cache: int | DirCache, rel_dir: str = "") 
         os.unlink(name, dir_fd=dfd)
     except OSError:
         pass
+
+
+# ---- the destination as a whole: a local directory (sinks.base.Sink) ---------------------
+
+_BUSY = "another softcopy is already copying there"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class LocalDirectory:
+    """A POSIX directory: temporary name and rename, flock, syncfs, records beside it."""
+
+    capabilities = Capabilities(
+        atomic_rename=True,
+        links=True,
+        deletes=True,
+        partial_writes=True,
+        flush=True,
+        free_space=True,
+        listing=True,
+        identity_lock=True,
+    )
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.spec = SinkSpec("local", root)
+        self.dirs = DirCache(root)
+        self.records: Records | None = None
+        self._fd = -1  # the directory itself, locked by identity (create)
+
+    @classmethod
+    def from_spec(cls, spec: SinkSpec) -> LocalDirectory:
+        return cls(spec.location)
+
+    def lock(self) -> None:
+        """One softcopy per records folder: taken before anything else touches it or its journal.
+
+        The directory itself is locked too, by identity, once it exists (create): a
+        second name for it (a link, a bind mount) has another records folder, but not
+        another directory.
+        """
+        dst = Path(self.root)
+        if os.path.lexists(dst) and (dst.is_symlink() or not dst.is_dir()):
+            raise ConfigError(dst, "use destination", describe(dst))
+        self.records = Records.open(records_dir(dst))
+        if not self.records.lock():
+            raise ConfigError(dst, "copy to destination", _BUSY)
+
+    def create(self) -> bool:
+        dst = Path(self.root)
+        assert self.records is not None, "lock() first"
+        try:
+            dst.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise from_os_error(exc, "create destination", exc.filename or dst) from exc
+        self._lock_identity()
+        with os.scandir(self._fd) as entries:
+            return next(entries, None) is not None
+
+    def _lock_identity(self) -> None:
+        """flock the destination directory itself: every name of it meets the same lock."""
+        assert self.records is not None
+        self._fd = open_directory(self.root, "copy to destination")
+        self.records.hold(self._fd)
+        if not lock_fd(self._fd):
+            raise ConfigError(
+                self.root, "copy to destination", f"{_BUSY} (under another name for this "
+                "directory: a symbolic link or a bind mount)",
+            )  # fmt: skip
+
+    def probe(self) -> None:
+        """Fail once, up front, when the destination cannot take files (read-only, permissions)."""
+        probe = f"{TEMP_PREFIX}probe-{os.getpid()}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            # Relative to the locked destination: never through a link put in its place.
+            fd = os.open(probe, flags, 0o600, dir_fd=self._fd)
+            os.close(fd)
+            os.unlink(probe, dir_fd=self._fd)
+        except OSError as exc:
+            raise from_os_error(exc, "write to destination", self.root) from exc
+
+    def space(self) -> Space:
+        # A destination not made yet (a dry run) will be made in its nearest existing parent.
+        probe = Path(self.root)
+        while not probe.exists():
+            probe = probe.parent
+        st = os.statvfs(probe)
+        inodes = st.f_favail if st.f_files else None
+        return Space(st.f_bavail * st.f_frsize, inodes, st.f_frsize or 1, _mount_point(str(probe)))
+
+    def listing(self) -> ScanResult:
+        return scan_tree(self.root)
+
+    def link_target(self, key: str) -> str | None:
+        try:
+            return os.readlink(os.path.join(self.root, key))
+        except OSError:
+            return None
+
+    def version(self, key: str) -> Version | None:
+        return stat_key(self.root, key)
+
+    def open(self, key: str) -> BinaryIO:
+        """The file at `key` for reading, reached without following any link."""
+        rel_dir, _, name = key.rpartition("/")
+        dirs = DirCache(self.root)
+        try:
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            return os.fdopen(os.open(name, flags, dir_fd=dirs.open(rel_dir, create=False)), "rb")
+        finally:
+            dirs.close()
+
+    def flush(self) -> None:
+        """Flush the destination filesystem before anything says the copy is done."""
+        fd = os.open(self.root, _DIR_FLAGS)
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
+
+    def put(
+        self,
+        src_root: str,
+        key: str,
+        compare_first: bool = False,
+        fsync: bool = False,
+        digest: bool = False,
+        throttle: Throttle | None = None,
+    ) -> Outcome:
+        return copy_one(src_root, self.dirs, key, compare_first, fsync, digest, throttle)
+
+    def delete(self, key: str) -> Outcome:
+        rel_dir, _, name = key.rpartition("/")
+        return _delete(self.dirs, key, rel_dir, name)
+
+    def remove_temporaries(self, keys: Iterable[str]) -> None:
+        try:
+            for key in keys:
+                rel_dir, _, name = key.rpartition("/")
+                if name.startswith(TEMP_PREFIX):  # a crashed run's partial file, not a writer's
+                    _unlink_quietly(name, self.dirs, rel_dir)
+        finally:
+            self.dirs.close()
+
+    def discard_partial(self, keys: Iterable[str]) -> None:
+        try:
+            for key in keys:
+                rel_dir, _, name = key.rpartition("/")
+                # Through directories opened without following links, like every write.
+                _unlink_quietly(temp_name(name), self.dirs, rel_dir)
+        finally:
+            self.dirs.close()
+
+    def write_markers(self, src_root: str, keys: list[str], digest: bool) -> dict[str, str]:
+        digests = {}
+        for key in keys:
+            dirs = DirCache(self.root)  # afresh: nothing cached from before the verification
+            try:
+                outcome = copy_one(src_root, dirs, key, fsync=True, digest=digest)
+            finally:
+                dirs.close()
+            if outcome.status != COPIED:
+                where = os.path.join(self.root, key)
+                problem = outcome.error
+                if os.path.isdir(where) and not os.path.islink(where):
+                    problem = (
+                        "a directory is where the marker goes; softcopy does not remove "
+                        "directories: remove it and run again"
+                    )
+                raise SoftcopyError(where, "write completion marker", problem)
+            digests[key] = outcome.digest  # "" without digest: counted, not in the manifest
+        if keys:
+            self.flush()
+        return digests
+
+    def release(self) -> None:
+        self.dirs.close()
+
+    def close(self) -> None:
+        self.dirs.close()
+        if self.records is not None:
+            self.records.close()  # and with it both locks
+            self.records = None
+        self._fd = -1
+
+
+def _mount_point(path: str) -> str:
+    path = os.path.abspath(path)
+    dev = os.stat(path).st_dev
+    while path != os.path.dirname(path):
+        parent = os.path.dirname(path)
+        if os.stat(parent).st_dev != dev:
+            return path
+        path = parent
+    return path

@@ -33,6 +33,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..sources.scan import Version
+from ..states import RUNNING_STATES
 
 log = logging.getLogger("softcopy")
 
@@ -101,7 +102,6 @@ _MIGRATIONS: dict[int, list[tuple[str, str, str]]] = {
     ],
 }
 
-RUNNING_STATES = ("waiting", "copying", "draining", "verifying")
 
 RESET_ADVICE = (
     "run the same `softcopy copy` or `softcopy run` command again with --reset-journal to "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def compare_trees(
     known: Mapping[str, tuple[Version, str]] | None = None,
     workers: int = 4,
     keep: Callable[[str], bool] | None = None,
+    executor: Executor | None = None,
 ) -> Verification:
     """Every difference in the set of files, sizes, link targets and (with `hashes`) content.
 
@@ -79,7 +81,8 @@ def compare_trees(
     belong to; a file whose source is still at that version is not read again.
     The destination is always read from the device, never from the page cache.
     `ignore` names root-level keys to leave out on both sides (the `complete`
-    marker, copied only after verification passed).
+    marker, copied only after verification passed). `executor` runs the content reads
+    (default: a pool of `workers` threads; see hashing.hash_files).
     """
     src = source_scan if source_scan is not None else scan_tree(source)
     dst = scan_tree(destination)
@@ -117,7 +120,9 @@ def compare_trees(
     result.files = len(same_size)
     result.bytes = sum(dst.files[k].size for k in same_size)
     if hashes:
-        _compare_content(source, destination, src, same_size, known or {}, workers, result)
+        _compare_content(
+            source, destination, src, same_size, known or {}, workers, executor, result
+        )
     findings += check_metadata(destination, dst)
     return result
 
@@ -129,6 +134,7 @@ def _compare_content(
     keys: list[str],
     known: Mapping[str, tuple[Version, str]],
     workers: int,
+    executor: Executor | None,
     result: Verification,
 ) -> None:
     expected: dict[str, str] = {}
@@ -137,12 +143,12 @@ def _compare_content(
         if entry is not None and entry[0] == src.files[key]:
             expected[key] = entry[1]
     to_hash = [k for k in keys if k not in expected]
-    for key, digest, exc in hash_files(source, to_hash, workers):
+    for key, digest, exc in hash_files(source, to_hash, workers, executor=executor):
         if digest is None:
             result.findings.append(Finding("unreadable", key, f"source: {exc}"))
         else:
             expected[key] = digest
-    for key, digest, exc in hash_files(destination, keys, workers, evict=True):
+    for key, digest, exc in hash_files(destination, keys, workers, evict=True, executor=executor):
         if digest is None:
             result.findings.append(Finding("unreadable", key, f"destination: {exc}"))
             continue
@@ -190,8 +196,16 @@ def metadata_key(root: str, rel: str, exc: MetadataError) -> str:
     return key
 
 
-def check_manifest(destination: str, digests: Mapping[str, str], workers: int = 4) -> Verification:
-    """A destination against its manifest alone: months later, the source long gone."""
+def check_manifest(
+    destination: str,
+    digests: Mapping[str, str],
+    workers: int = 4,
+    executor: Executor | None = None,
+) -> Verification:
+    """A destination against its manifest alone: months later, the source long gone.
+
+    `executor` runs the reads (default: a pool of `workers` threads).
+    """
     dst = scan_tree(destination)
     result = Verification()
     findings = result.findings
@@ -203,7 +217,7 @@ def check_manifest(destination: str, digests: Mapping[str, str], workers: int = 
     result.files = len(keys)
     result.bytes = sum(dst.files[k].size for k in keys)
     result.links = len(dst.links)
-    for key, digest, exc in hash_files(destination, keys, workers, evict=True):
+    for key, digest, exc in hash_files(destination, keys, workers, evict=True, executor=executor):
         if digest is None:
             findings.append(Finding("unreadable", key, str(exc)))
         elif digest != digests[key]:

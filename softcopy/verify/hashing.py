@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 from blake3 import blake3
 
@@ -14,6 +14,7 @@ from blake3 import blake3
 # at ~6 GB/s on one core, and slower when two Python threads contend).
 _MULTITHREAD_FROM = 8 << 20
 _BLOCK = 4 << 20
+_MAX_BATCH = 64  # files per task handed to an executor
 
 
 def new_hasher(size_hint: int = 0) -> blake3:
@@ -58,19 +59,53 @@ def hash_file(path: str, evict: bool = False) -> tuple[str, int]:
 
 
 def hash_files(
-    root: str, keys: Iterable[str], workers: int = 4, evict: bool = False
+    root: str,
+    keys: Iterable[str],
+    workers: int = 4,
+    evict: bool = False,
+    executor: Executor | None = None,
 ) -> Iterator[tuple[str, str | None, OSError | None]]:
     """(key, hex digest or None, error or None) for each key, in any order.
 
-    Threads overlap the reads (which release the GIL); the hashing of large
-    files runs on BLAKE3's own threads.
+    By default a pool of `workers` threads overlaps the reads (they release the GIL),
+    one file per task; the hashing of large files runs on BLAKE3's own threads.
+    `executor`, if given, runs them instead: anything with `submit` whose futures have
+    `result()` and `cancel()` (a concurrent.futures executor, a Dask client). It gets
+    files in batches, so a process or a remote worker pays its round trip once per batch,
+    at least 4 batches per one of `workers`, so that one slow file leaves no one idle.
     """
-
-    def one(key: str) -> tuple[str, str | None, OSError | None]:
-        try:
-            return key, hash_file(os.path.join(root, key), evict)[0], None
-        except OSError as exc:
-            return key, None, exc
-
+    keys = list(keys)
+    if executor is not None:
+        size = max(1, min(_MAX_BATCH, len(keys) // (4 * max(1, workers))))
+        yield from _hash_on(executor, root, keys, size, evict)
+        return
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        yield from pool.map(one, keys, chunksize=64)
+        yield from _hash_on(pool, root, keys, 1, evict)
+
+
+def _hash_on(
+    executor: Executor, root: str, keys: list[str], size: int, evict: bool
+) -> Iterator[tuple[str, str | None, OSError | None]]:
+    futures = [
+        executor.submit(_hash_batch, root, evict, keys[i : i + size])
+        for i in range(0, len(keys), size)
+    ]
+    try:
+        for future in futures:
+            yield from future.result()
+    finally:  # a caller that stops early leaves no reads running for nothing
+        for future in futures:
+            future.cancel()
+
+
+def _hash_batch(
+    root: str, evict: bool, keys: list[str]
+) -> list[tuple[str, str | None, OSError | None]]:
+    """Module level, so an executor in another process can be handed it."""
+    results: list[tuple[str, str | None, OSError | None]] = []
+    for key in keys:
+        try:
+            results.append((key, hash_file(os.path.join(root, key), evict)[0], None))
+        except OSError as exc:
+            results.append((key, None, exc))
+    return results

@@ -1,0 +1,206 @@
+"""`copy` and `run`: targets from the command line or a targets file, run together."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..config import TargetConfig, load_targets, make_target
+from ..engine.runner import Runner, StopSignal
+from ..engine.target import Summary
+from ..errors import EXIT_FAILED, EXIT_OK, SoftcopyError
+from ..names import safe_text
+from ..options import check_value, cli_values, click_options
+from .progress import Reporter, make_reporter
+from .render import plan_text, summary_lines
+from .signals import guarded, say, signals_to
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  every target copied and verified
+  1  a copy or verification failed, or the run was interrupted
+  2  usage or configuration error (bad option, targets file, source, metadata)"""
+
+
+# Options shared by `copy` and `run` (for `run` they override the targets file).
+_target_options = click_options()
+
+
+def _output_options(func: Callable) -> Callable:
+    """What `copy` and `run` show, and whether they write at all."""
+    options = [
+        click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            help="Events as JSON lines on stdout (schema in the user guide); "
+            "human lines go to stderr.",
+        ),
+        click.option(
+            "--progress/--no-progress",
+            default=None,
+            help="Live progress table on stderr [auto: on a terminal; otherwise a log line "
+            "per target every 10 s]. --progress forces the table, --no-progress shows neither.",
+        ),
+        click.option(
+            "--dry-run",
+            is_flag=True,
+            help="Show what would be copied, re-copied and deleted and whether it fits; "
+            "write nothing.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("destination", type=click.Path(path_type=Path))
+@_target_options
+@_output_options
+@click.pass_context
+def copy(
+    ctx: click.Context,
+    source: Path,
+    destination: Path,
+    as_json: bool,
+    progress: bool | None,
+    dry_run: bool,
+    **options: Any,
+) -> None:
+    """Copy one zarr SOURCE to DESTINATION (the copy itself; created if missing)."""
+    _run(
+        ctx,
+        lambda: [
+            make_target(
+                source, destination, cli_values({**options, **_dry(dry_run)}), "command line"
+            )
+        ],
+        make_reporter(as_json, False if dry_run else progress),  # a plan has no progress
+        dry_run,
+    )
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@click.argument("targets_file", type=click.Path(path_type=Path))
+@_target_options
+@_output_options
+@click.pass_context
+def run(
+    ctx: click.Context,
+    targets_file: Path,
+    as_json: bool,
+    progress: bool | None,
+    dry_run: bool,
+    **options: Any,
+) -> None:
+    """Copy every target of TARGETS_FILE in parallel (see targets.example.yaml)."""
+    run_rate = options.pop("max_rate", None)  # shared by all targets, not one each
+    rate = _parse_rate_option(run_rate) if run_rate else None
+    _run(
+        ctx,
+        lambda: load_targets(targets_file, cli_values({**options, **_dry(dry_run)})),
+        make_reporter(as_json, False if dry_run else progress),  # a plan has no progress
+        dry_run,
+        rate,
+    )
+
+
+def _parse_rate_option(text: str) -> float:
+    try:
+        return check_value("max_rate", text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-rate") from None
+
+
+def _dry(dry_run: bool) -> dict[str, bool]:
+    return {"dry_run": True} if dry_run else {}
+
+
+def _run(
+    ctx: click.Context,
+    make: Callable[[], list[TargetConfig]],
+    reporter: Reporter,
+    dry_run: bool = False,
+    run_rate: float | None = None,
+) -> None:
+    targets: list[TargetConfig] = []
+
+    def body() -> int:
+        try:
+            targets.extend(make())
+            return copy_all(
+                targets, reporter=reporter, dry_run=dry_run, run_rate=run_rate, keep_handlers=True
+            )
+        except SoftcopyError as exc:
+            if reporter.json:  # a script reading stdout learns why it stopped
+                one = targets[0] if len(targets) == 1 else None
+                reporter.emit(
+                    "error",
+                    source=str(one.source) if one else None,
+                    destination=str(one.destination) if one else None,
+                    error=str(exc),
+                    exit_code=exc.exit_code,
+                )
+            raise
+
+    ctx.exit(guarded(ctx, body))
+
+
+def copy_all(
+    targets: list[TargetConfig],
+    stop: StopSignal | None = None,
+    reporter: Reporter | None = None,
+    dry_run: bool = False,
+    run_rate: float | None = None,
+    keep_handlers: bool = False,
+) -> int:
+    """Every target in its own thread; the exit code of all of them.
+
+    `keep_handlers`: signals stay caught until the process exits (see `signals_to`).
+    """
+    reporter = reporter or make_reporter()
+    with Runner(stop, reporter, run_rate) as runner:
+        # The live display ends (its last frame stays) before the summary lines print.
+        signals = signals_to(runner.stop, keep=keep_handlers)
+        with reporter, signals:
+            for cfg in targets:
+                runner.add(cfg)
+            finished = runner.wait()
+    # With --json, stdout carries the events only: the human lines go to stderr.
+    err = reporter.json
+    codes = [EXIT_OK]
+    for end in finished:
+        result = end.result
+        if isinstance(result, Summary):
+            if dry_run and result.plan:  # the engine emitted it as a `plan` event too
+                say(plan_text(result.source, result.destination, result.plan), err=err)
+                codes.append(EXIT_OK if result.plan.get("fits") else EXIT_FAILED)
+                continue
+            for text, to_stderr in summary_lines(result, err):
+                say(text, err=to_stderr)
+            codes.append(EXIT_OK if result.ok else EXIT_FAILED)
+        elif isinstance(result, SoftcopyError):
+            if len(targets) == 1:
+                raise result
+            say(f"softcopy: error: {safe_text(str(result))}", err=True)
+            if reporter.json:
+                reporter.emit(
+                    "error",
+                    source=str(end.cfg.source),
+                    destination=str(end.cfg.destination),
+                    error=str(result),
+                    exit_code=result.exit_code,
+                )
+            codes.append(result.exit_code)
+        else:
+            raise result
+    if signals.received:
+        # "Interrupted, run again to resume", whenever the signal came: a rerun of a copy
+        # that had finished anyway finds it done.
+        codes.append(EXIT_FAILED)
+    return max(codes)

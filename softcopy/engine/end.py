@@ -1,0 +1,92 @@
+"""The end of a target: the verdict of verification, and the records that certify it.
+
+Written in this order, each step only after the one before succeeded: the
+destination flushed and verified, the markers published and flushed, then
+`summary.json`, the manifest, and last the certificate, the file a cleanup script
+checks before it frees the source.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+
+from ..names import json_record
+from ..state.records import RecordFile, Records, write_file
+from ..verify.compare import Finding, Verification
+from ..verify.manifest import CERTIFICATE, MANIFEST, write_certificate, write_manifest
+from .events import Summary
+from .finish import end_record
+
+
+def verdict(findings: list[Finding], failures: dict[str, str], owned: bool) -> str:
+    """Why the copy is not done ("" when it is)."""
+    if not findings and not failures:
+        return ""
+    error = (
+        f"verification found {len(findings)} difference(s) and "
+        f"{len(failures)} file(s) or directories failed to copy"
+    )
+    if not owned and any(f.kind == "extra" for f in findings):
+        error += (
+            "; the destination already held files the source does not have, and "
+            "softcopy deletes those only in a destination it created: remove them "
+            "or choose an empty destination"
+        )
+    return error
+
+
+def certificate(
+    summary: Summary,
+    verification: Verification,
+    *,
+    started: float,
+    hashed: bool,
+    trust_guessed_end: bool,
+    markers_copied: int,
+    chunks: tuple[int, int],
+    manifest_blake3: str | None,
+) -> dict:
+    present, expected = chunks
+    return {
+        "source": summary.source,
+        "destination": summary.destination,
+        "started": _iso(started),
+        "finished": _iso(time.time()),
+        "finished_because": summary.reason,
+        **end_record(summary.end_rule, summary.reason, trust_guessed_end),
+        "verification": "blake3" if hashed else "sizes",
+        # Every regular file in the destination, the marker included, whatever the
+        # verification mode.
+        "files": verification.files + markers_copied,
+        "bytes": verification.bytes,
+        "links": verification.links,
+        "chunks_expected": expected,
+        "chunks_absent": expected - present,
+        "files_deleted_during_acquisition": summary.files_deleted,
+        "manifest": MANIFEST if manifest_blake3 else None,
+        "manifest_blake3": manifest_blake3,
+    }
+
+
+def write_summary(records: Records, summary: Summary) -> None:
+    # Read by scripts and people: strict JSON, byte names through names_hex.
+    write_json(records / "summary.json", json_record(summary.as_dict()))
+
+
+def write_manifest_of(records: Records, digests: dict[str, str]) -> str:
+    """The b3sum manifest of every file with a digest; returns the manifest's own BLAKE3."""
+    return write_manifest(records / MANIFEST, {k: d for k, d in digests.items() if d})
+
+
+def write_certificate_to(records: Records, record: dict) -> None:
+    write_certificate(records / CERTIFICATE, record)
+
+
+def write_json(path: RecordFile, data: object) -> None:
+    write_file(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")

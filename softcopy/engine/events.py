@@ -1,0 +1,87 @@
+"""What a target reports: its event types and its summary (states: softcopy/states.py).
+
+States and event names are `StrEnum`s: they compare equal to, and serialise as,
+the plain strings of the `--json` wire format (schema 1), which stays unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+
+from ..states import FINAL_STATES, RUNNING_STATES, State
+from ..units import human_bytes
+from ..verify.compare import Finding
+
+
+class Event(StrEnum):
+    STATE = "state"
+    PROGRESS = "progress"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    WAITING = "waiting"  # everything copied, no end rule met yet: what would end it
+    STALLED = "stalled"  # work pending, nothing finished for a while: why
+    FILE_FAILED = "file_failed"
+    FINDING = "finding"
+    PLAN = "plan"
+    SUMMARY = "summary"
+    ERROR = "error"
+
+
+@dataclass
+class Summary:
+    """One target's result: the `summary` event, summary.json, and the line printed."""
+
+    source: str
+    destination: str
+    state: str = State.WAITING
+    reason: str = ""
+    files_copied: int = 0
+    bytes_copied: int = 0
+    files_deleted: int = 0
+    files_already_there: int = 0
+    files_at_source: int = 0
+    bytes_at_source: int = 0
+    seconds: float = 0.0
+    failures: dict[str, str] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    error: str = ""
+    plan: dict = field(default_factory=dict)  # --dry-run: what a run would do
+    end_rule: str = ""  # marker, sentinel, settle, idle_timeout (finish.END_PROVEN)
+
+    @property
+    def ok(self) -> bool:
+        return self.state == State.DONE or (
+            self.state == State.DRY_RUN and self.plan.get("fits", False)
+        )
+
+    def line(self) -> str:
+        if self.state == State.DRY_RUN:
+            p = self.plan
+            return (
+                f"dry run: {self.source} -> {self.destination}: would copy "
+                f"{p['files_to_copy']} files ({human_bytes(p['bytes_to_copy'])}), of which "
+                f"{p['files_to_recopy']} replace a file of another size; compare "
+                f"{p['files_to_compare']}, trust {p['files_trusted']}, delete "
+                f"{p['files_to_delete']}, leave {p['extras_kept']} foreign; "
+                f"{human_bytes(p['free_bytes'])} free at {p['destination_mount']}: "
+                + ("fits" if p["fits"] else "DOES NOT FIT")
+            )
+        rate = self.bytes_copied / self.seconds / 1e6 if self.seconds > 0 else 0.0
+        checked = "verified" if self.ok else "at the source"
+        return (
+            f"{self.state}: {self.source} -> {self.destination}: "
+            f"{self.files_at_source} files ({human_bytes(self.bytes_at_source)}) {checked}; "
+            f"{self.files_copied} copied ({human_bytes(self.bytes_copied)}), "
+            f"{self.files_deleted} deleted, {self.files_already_there} already there; "
+            f"{self.seconds:.1f} s, {rate:.1f} MB/s"
+        )
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["state"] = str(self.state)
+        d["findings"] = [f.as_dict() for f in self.findings]
+        return d
+
+
+__all__ = ["FINAL_STATES", "RUNNING_STATES", "Event", "State", "Summary"]

@@ -1,0 +1,216 @@
+"""The engine's view of the source: full listings are the truth, events say where to look.
+
+Every observation goes into the ledger; what changed is reported to the engine
+(`on_change`), which keeps its own bookkeeping (copy lag, retries) about it. The
+view also keeps what the end rules look at: markers, the time of the last change
+and the longest pause between changes, writers' temporary files, and the
+source's timestamp granularity (racy.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import MetadataError, from_os_error
+from ..names import shown
+from ..sources.kinds import SourceKind
+from ..sources.scan import ScanResult, Version, scan_tree, stat_key
+from ..sources.select import Selection
+from ..sources.watch import TreeWatcher
+from ..zarr.layout import ArrayLayout, metadata_kind
+from .ledger import Ledger
+from .racy import Granularity
+
+log = logging.getLogger(__name__)
+
+_ARRAY_METADATA = ("zarr.json", ".zarray")
+_NODE_METADATA = ("zarr.json", ".zarray", ".zgroup")  # str.endswith: cheap on a million keys
+# A file that exists but cannot be stat'ed: no real file has inode 0.
+UNKNOWN_VERSION = Version(0, 0, 0, 0)
+
+
+class SourceView:
+    def __init__(
+        self,
+        root: str,
+        kind: SourceKind,
+        select: Selection,
+        ledger: Ledger,
+        on_change: Callable[[list[str], bool], None],
+        scan_interval: float,
+    ) -> None:
+        self.src = root
+        self.kind = kind
+        self.select = select
+        self.ledger = ledger
+        self.on_change = on_change  # (keys, live): live is False for deletions
+        self.scan_interval = scan_interval
+        self.watcher: TreeWatcher | None = None
+        # Files at the source root that say the writer is done (`complete`, sentinels):
+        # never copied with the data, only last, after verification.
+        self.markers: dict[str, Version] = {}
+        self.temp_count = 0
+        self.unreadable: dict[str, str] = {}  # directories the last scans could not list
+        self.granularity = Granularity()
+        self.last_change = time.monotonic()
+        self.longest_pause = 0.0  # between two changes at the source
+        self.next_scan = 0.0
+        self.files_at_source = 0  # at the last whole listing, wanted keys only
+        self.bytes_at_source = 0
+        self._changes_seen = False
+        self._said_unreadable: set[str] = set()
+        self._bad_metadata: dict[str, tuple[Version | None, ...]] = {}
+
+    def full_scan(self, initial: bool = False) -> int:
+        """List the whole source; returns how many keys changed. The source of truth."""
+        self.ledger.begin_sweep()
+        self.unreadable.clear()
+        try:
+            result = scan_tree(self.src, "", on_dir=self.watcher.watch if self.watcher else None)
+        except OSError as exc:
+            raise from_os_error(exc, "scan source", self.src) from exc
+        changed = self._absorb(result, initial)
+        self._note_unreadable(result)
+        for key in self.ledger.end_sweep():
+            changed += self.look(key)  # re-stat: it may have appeared after we listed it
+        self.temp_count = len(result.temporary)
+        self.next_scan = time.monotonic() + self.scan_interval
+        return changed
+
+    def scan_subtree(self, rel: str) -> None:
+        """A new directory: watch it, then list it, so no file falls between the two."""
+        assert self.watcher is not None
+        result = scan_tree(self.src, rel, on_dir=self.watcher.watch)
+        self._absorb(result, initial=False, rel=rel)
+        self._note_unreadable(result)
+
+    def on_events(self) -> None:
+        assert self.watcher is not None
+        for hint in self.watcher.read(0):
+            if hint.kind == "rescan":
+                self.full_scan()
+            elif hint.kind == "dir":
+                self.scan_subtree(hint.key)
+                self.last_change = time.monotonic()
+            else:
+                self.look(hint.key)
+
+    def look(self, key: str) -> int:
+        """Stat one key and record what it is now; an error leaves our view as it was."""
+        name = os.path.basename(key)
+        try:
+            version = stat_key(self.src, key)
+        except OSError as exc:
+            log.debug("%s: %s: cannot stat (%s); the next scan looks again", self.src, key, exc)
+            return 0
+        if version is not None and not self.granularity.settled:
+            self.granularity.observe_versions((version,))
+        if self.select.is_marker(key):
+            if version is None:
+                self.markers.pop(key, None)
+            else:
+                self.markers[key] = version
+            return 0
+        if not self.select.wanted(key):
+            return 0
+        if metadata_kind(name):
+            self.refresh_node(os.path.dirname(key), strict=False)
+        return self.observe(key, version)
+
+    def observe(self, key: str, version: Version | None) -> int:
+        if not self.ledger.observe(key, version):
+            return 0
+        self._changed([key], live=version is not None)
+        return 1
+
+    def refresh_node(self, rel: str, strict: bool) -> None:
+        try:
+            node = self.kind.node(self.src, rel)
+        except MetadataError as exc:
+            if strict:
+                raise
+            # Mid-acquisition a hand-written metadata file may be caught half-written;
+            # keep the last good layout and say so once per version.
+            try:
+                seen = tuple(stat_key(self.src, os.path.join(rel, n)) for n in _ARRAY_METADATA)
+            except OSError:
+                seen = ()
+            if self._bad_metadata.get(rel) != seen:
+                log.warning("%s: %s; keeping the previous layout", self.src, exc)
+                self._bad_metadata[rel] = seen
+            return
+        except OSError as exc:
+            if strict:
+                raise from_os_error(exc, "read metadata in", Path(self.src) / rel) from exc
+            return
+        if isinstance(node, ArrayLayout):
+            if self.ledger.set_layout(node):
+                log.debug("%s: array %r has file grid %s", self.src, rel, node.grid)
+        elif rel in self.ledger.arrays:
+            self.ledger.drop_array(rel)
+
+    def _absorb(self, result: ScanResult, initial: bool, rel: str = "") -> int:
+        wanted = self.select.wanted
+        # Metadata first, so chunk files land in their array's rows.
+        nodes = sorted(
+            {os.path.dirname(k) for k in result.files if k.endswith(_NODE_METADATA)},
+            key=lambda d: d.count("/"),
+        )
+        for node in nodes:
+            self.refresh_node(node, strict=initial)
+        self.granularity.observe_versions(result.files.values())
+        if rel == "":
+            self.markers = {k: v for k, v in result.files.items() if self.select.is_marker(k)}
+        keys = self.ledger.observe_many(
+            (key, version) for key, version in result.files.items() if wanted(key)
+        )
+        self._changed(keys)
+        changed = len(keys)
+        for key in result.links:
+            changed += self.look(key)
+        if rel == "":  # a whole listing, not one new directory's
+            sizes = [v.size for k, v in result.files.items() if wanted(k)]
+            self.files_at_source = len(sizes) + sum(map(wanted, result.links))
+            self.bytes_at_source = sum(sizes)
+        return changed
+
+    def _note_unreadable(self, result: ScanResult) -> None:
+        """A directory we cannot list is a failure of this target, named, not a crash."""
+        for key, exc in result.errors:
+            if not _is_dir(os.path.join(self.src, key)):
+                # A file we cannot stat goes to a copier like any other, so it gets the
+                # same retries, back-off and final failure as an error while copying;
+                # unless it is not ours to copy (excluded, or a marker: copied last).
+                if self.select.wanted(key):
+                    self.observe(key, UNKNOWN_VERSION)
+                continue
+            error = f"cannot list directory: {os.strerror(exc.errno or 0)}"
+            if key not in self._said_unreadable:  # once per run, not once per scan
+                log.error(
+                    "%s: %s/: %s; the next scan tries again", shown(self.src), shown(key), error
+                )
+                self._said_unreadable.add(key)
+            self.unreadable[key + "/"] = error
+
+    def _changed(self, keys: list[str], live: bool = True) -> None:
+        """Bookkeeping for keys whose source version just changed."""
+        if not keys:
+            return
+        now = time.monotonic()
+        if self._changes_seen:
+            self.longest_pause = max(self.longest_pause, now - self.last_change)
+        self._changes_seen = True
+        self.last_change = now
+        self.on_change(keys, live)
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False

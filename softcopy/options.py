@@ -1,0 +1,367 @@
+"""Per-target options: one table, from which the command line, the targets file's checks and
+`TargetConfig` are all made. Adding an option is one row here (and its use)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, make_dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import ConfigError
+from .units import parse_rate
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What values an option takes, in a targets file and on the command line.
+
+    `check` turns a targets-file value (or a command-line one, already typed by click) into
+    the option's value, or raises ValueError saying what is wrong with it. `cli` gives the
+    click.option keywords, whose types keep click's own messages for a bad flag.
+    """
+
+    tag: str
+    annotation: str  # the TargetConfig field's type
+    check: Callable[[Any], Any]
+    cli: Callable[[], dict[str, Any]] = dict
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Option:
+    """One per-target setting. `help` None: not a target option on the command line."""
+
+    name: str  # the TargetConfig field and the targets-file key
+    kind: Kind
+    default: Any
+    help: str | None = None
+    flag: str | None = None  # e.g. "--sentinel"; default: --name, or --name/--no-name
+    dest: str | None = None  # click's parameter name, where the name would not do
+
+    @property
+    def declarations(self) -> list[str]:
+        long = self.name.replace("_", "-")
+        flag = self.flag or (f"--{long}/--no-{long}" if self.kind.tag == "switch" else f"--{long}")
+        return [flag, self.dest] if self.dest else [flag]
+
+
+# ---- kinds ---------------------------------------------------------------------------------
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{value!r} is not a whole number >= 1")
+    return value
+
+
+WHOLE = Kind("whole", "int", _whole, lambda: {"type": click.IntRange(min=1)})
+
+
+def _checked_number(value: Any, minimum: float) -> Any:
+    # NaN (YAML `.nan`) compares false with everything: a NaN settle time would skip the
+    # settle wait, and time.sleep(nan) raises in every copier.
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValueError(f"{value!r} is not a number")
+    if value < minimum:
+        raise ValueError(f"{value!r} is less than {minimum}")
+    return value
+
+
+def number(minimum: float, optional: bool = False) -> Kind:
+    """Seconds and the like: a number >= minimum (None too, if optional: "off")."""
+
+    def check(value: Any) -> Any:
+        return None if value is None and optional else _checked_number(value, minimum)
+
+    return Kind(
+        "number",
+        "float | None" if optional else "float",
+        check,
+        lambda: {"type": click.FloatRange(min=minimum)},
+    )
+
+
+def fraction(minimum: float) -> Kind:
+    """A share of the whole, from minimum to 1."""
+
+    def check(value: Any) -> Any:
+        if _checked_number(value, minimum) > 1:
+            raise ValueError(f"{value!r} is more than 1 (100 %)")
+        return value
+
+    return Kind("fraction", "float", check, lambda: {"type": click.FloatRange(minimum, 1.0)})
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{value!r} is not true or false")
+    return value
+
+
+# --name/--no-name; None when not given, so a targets file's value stands.
+SWITCH = Kind("switch", "bool", _bool, lambda: {"default": None})
+# --name alone: something to ask for once, never a standing setting to turn off.
+FLAG = Kind("flag", "bool", _bool, lambda: {"is_flag": True, "default": None})
+
+
+def _rate(value: Any) -> float | None:
+    return None if value is None else parse_rate(value)
+
+
+# Text on the command line: `run` parses it itself, as one limit for the whole run.
+RATE = Kind("rate", "float | None", _rate)
+
+
+def choice(*choices: str, says: str) -> Kind:
+    """One of `choices`; `says` lists them in the error message."""
+
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not {says}")
+        return value
+
+    return Kind("choice", "str", check, lambda: {"type": click.Choice(choices)}, choices)
+
+
+def _globs(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"{value!r} is not a list of glob patterns")
+    return tuple(value)
+
+
+GLOBS = Kind("globs", "tuple[str, ...]", _globs, lambda: {"multiple": True})
+
+
+def _directory(value: Any) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str | os.PathLike) or not str(value):
+        raise ValueError(f"{value!r} is not a directory path")
+    return Path(os.path.abspath(os.path.expanduser(value)))
+
+
+DIRECTORY = Kind(
+    "directory",
+    "Path | None",
+    _directory,
+    lambda: {"type": click.Path(path_type=Path, file_okay=False)},
+)
+
+
+def _file_name(value: Any) -> str:
+    if not isinstance(value, str) or not value or "/" in value:
+        raise ValueError(f"{value!r} is not a plain file name")
+    return value
+
+
+FILE_NAME = Kind("file name", "str", _file_name)
+
+
+# ---- the table -----------------------------------------------------------------------------
+# In the order `copy --help` lists them; the targets file's keys are the names.
+
+OPTIONS: tuple[Option, ...] = (
+    Option("nprocs", WHOLE, 2, "Copier processes [2]."),
+    Option("sleep_time", number(0), 0.0, "Seconds each copier sleeps after each file [0]."),
+    Option(
+        "wait_for_source",
+        SWITCH,
+        False,
+        "Wait for the source to appear instead of failing [no].",
+    ),
+    Option(
+        "idle_timeout",
+        number(0, optional=True),
+        None,
+        "Finish when nothing changed for this many seconds [off].",
+    ),
+    Option(
+        "settle",
+        number(0),
+        5.0,
+        "Finish once every expected chunk exists and nothing changed for this long [5].",
+    ),
+    Option(
+        "scan_interval",
+        number(0.1),
+        30.0,
+        "Seconds between full reconciliation scans of the source [30].",
+    ),
+    Option(
+        "complete_marker",
+        FILE_NAME,
+        "complete",
+        "Name of the source's end-of-acquisition file [complete].",
+    ),
+    Option("fsync", SWITCH, False, "fsync every file before its rename [no]."),
+    Option(
+        "state_dir",
+        DIRECTORY,
+        None,
+        "Where the journal lives [$XDG_STATE_HOME/softcopy].",
+    ),
+    # A damaged journal (or not a softcopy journal) is moved aside and a new one started:
+    # nothing it claimed is trusted, files at the destination are compared.
+    Option(
+        "reset_journal",
+        FLAG,
+        False,
+        "If the journal is damaged (or not softcopy's), move it aside and start a new one; "
+        "files already copied are compared with the source, not trusted [no].",
+    ),
+    # A destination softcopy made from another source (or from a source directory since
+    # deleted and made again) becomes a copy of this one: what this source lacks is deleted.
+    Option(
+        "replace",
+        FLAG,
+        False,
+        "Let DESTINATION, softcopy's copy of another source (or of a source deleted and made "
+        "again), become a copy of SOURCE, deleting what SOURCE lacks [no].",
+    ),
+    Option(
+        "hash",
+        SWITCH,
+        False,
+        "BLAKE3 while copying, verify content, write a b3sum manifest [no].",
+        dest="hash_",  # `hash` would hide the builtin in the command's function
+    ),
+    Option(
+        "max_rate",
+        RATE,
+        None,
+        "Bytes/s for all copiers together, e.g. 200M, 1.5G, 100Mi [no limit]. "
+        "With `run`: one limit shared by every target.",
+    ),
+    Option(
+        "backoff",
+        SWITCH,
+        True,
+        "Pause copiers while the source disk is busy being written [yes].",
+    ),
+    # The source device counts as busy at this utilisation while being written (a
+    # saturating O_DIRECT writer measured 80-84 % on a loop device here).
+    Option(
+        "busy_utilisation",
+        fraction(0.05),
+        0.75,
+        "Source disk utilisation that counts as busy [0.75].",
+    ),
+    Option(
+        "kind",
+        choice("zarr", "directory", says="'zarr' or 'directory'"),
+        "zarr",
+        "zarr (metadata required) or directory (any tree, e.g. a run folder) [zarr].",
+    ),
+    # Files at the source root that say the run is finished, e.g. CopyComplete.txt,
+    # final_summary_*.txt; copied last, after verification, like the complete marker.
+    Option(
+        "sentinels",
+        GLOBS,
+        (),
+        "Root file (glob) saying the run is finished, e.g. CopyComplete.txt; repeatable.",
+        flag="--sentinel",
+        dest="sentinels",
+    ),
+    Option(
+        "sentinel_min_age",
+        number(0),
+        10.0,
+        "Seconds a sentinel must be unchanged before it counts [10].",
+    ),
+    Option(
+        "ready_age",
+        number(0),
+        2.0,
+        "Directory targets: copy a file once unchanged this long [2].",
+    ),
+    Option("include", GLOBS, (), "Copy only paths matching this glob."),  # on keys; () = all
+    Option("exclude", GLOBS, (), "Never copy paths matching this glob."),
+    Option(
+        "watch",
+        choice("auto", "inotify", "poll", says="auto, inotify or poll"),
+        "auto",
+        "Change notifications; auto polls on network and FUSE filesystems [auto].",
+    ),
+    Option("poll_interval", number(0.1), 5.0, "Seconds between scans when polling [5]."),
+    # A guessed end (settle, idle timeout) may still say "safe to free" in the certificate.
+    Option(
+        "trust_guessed_end",
+        SWITCH,
+        False,
+        "Let a guessed end (settle, --idle-timeout) count as proven in the certificate's "
+        "safe_to_free [no: only a marker or sentinel proves it].",
+    ),
+    # Targets-file only:
+    Option("max_attempts", WHOLE, 5),
+    Option("batch_size", WHOLE, 32),
+    # --dry-run is an output option of `copy` and `run` (it also changes what they show).
+    Option("dry_run", SWITCH, False),
+)
+
+
+# ---- what the table makes ------------------------------------------------------------------
+
+
+def target_class(table: Sequence[Option] = OPTIONS, module: str = __name__) -> type:
+    """A frozen dataclass: source, destination, then one field per row with its default."""
+    rows = [(o.name, o.kind.annotation, field(default=o.default)) for o in table]
+    return make_dataclass(
+        "TargetConfig",
+        [("source", "Path"), ("destination", "Path"), *rows],
+        frozen=True,
+        namespace={
+            "__module__": module,
+            "__doc__": "One target: where from, where to, and its options (options.OPTIONS).",
+            "name": property(lambda self: str(self.source)),
+        },
+    )
+
+
+def click_options(table: Sequence[Option] = OPTIONS) -> Callable[[Callable], Callable]:
+    """The decorator giving `copy` and `run` every command-line row, in the table's order."""
+    options = [click.option(*o.declarations, help=o.help, **o.kind.cli()) for o in table if o.help]
+
+    def decorate(func: Callable) -> Callable:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def cli_values(values: dict[str, Any], table: Sequence[Option] = OPTIONS) -> dict[str, Any]:
+    """Options given on the command line, by option name (None or an empty repeatable: not
+    given, so the targets file's value or the default stands)."""
+    names = {o.dest: o.name for o in table if o.dest}
+    return {names.get(k, k): v for k, v in values.items() if v is not None and v != ()}
+
+
+def check_value(name: str, value: Any, table: Iterable[Option] = OPTIONS) -> Any:
+    """One option's value, parsed; ValueError says what is wrong with it."""
+    return {o.name: o for o in table}[name].kind.check(value)
+
+
+def parse_options(
+    options: dict[str, Any], where: str, table: Sequence[Option] = OPTIONS
+) -> dict[str, Any]:
+    """Validate per-target options; `where` names the place for error messages."""
+    rows = {o.name: o for o in table}
+    parsed: dict[str, Any] = {}
+    for name, value in options.items():
+        here = f"{where}.{name}"
+        row = rows.get(name)
+        if row is None:
+            known = ", ".join(sorted(rows))
+            raise ConfigError(here, "read option", f"unknown option (known: {known})")
+        try:
+            parsed[name] = row.kind.check(value)
+        except ValueError as exc:
+            raise ConfigError(here, "read option", str(exc)) from None
+    return parsed

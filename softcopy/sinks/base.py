@@ -1,0 +1,196 @@
+"""What the engine needs of a destination, so object storage or a tar stream can slot in.
+
+A sink is one destination for one run. The engine drives it (lock, claim, probe,
+space, listing, flush, markers, records); copier processes, separate interpreters,
+rebuild it from a `SinkSpec` and only `put` files through it. Capabilities tell the
+engine (and the contract tests) which promises a kind keeps by itself: without
+`atomic_rename` a put must publish in one step some other way, without `deletes`
+nothing is ever removed, and so on.
+
+Imports only the standard library and modules below it: copiers import this.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+from ..sources.scan import Version
+
+if TYPE_CHECKING:
+    from ..sources.scan import ScanResult
+    from ..state.records import RecordFile
+
+Throttle = Callable[[int], None]
+
+# Results of a put, one per key.
+COPIED = "copied"  # destination now holds `version`
+SAME = "same"  # destination already held identical bytes; only mode and mtime were set
+DELETED = "deleted"  # source is gone and so is the destination file
+CHANGED = "changed"  # the source changed while we copied; nothing was published
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    key: str
+    status: str
+    version: Version | None = None
+    nbytes: int = 0
+    error: str = ""
+    errno: int = 0
+    digest: str = ""  # BLAKE3 of the bytes read from the source, when hashing
+    # Wall clock (ns) taken just before the source was last seen unchanged: whether
+    # `version` is proven depends on the filesystem's timestamp granularity (racy.py).
+    checked_ns: int = 0
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a kind of destination can do; the engine and the contract tests read these."""
+
+    atomic_rename: bool  # publish by renaming a temporary onto the final name
+    links: bool  # symbolic links are copied as links
+    deletes: bool  # a file can be removed (an append-only stream cannot)
+    partial_writes: bool  # a file is written in pieces (an object upload is one call)
+    flush: bool  # a flush makes every put so far durable (syncfs)
+    free_space: bool  # free bytes and inodes are known before copying
+    listing: bool  # what the destination holds can be listed
+    identity_lock: bool  # a second name of the same destination meets the same lock
+
+
+@dataclass(frozen=True)
+class SinkSpec:
+    """Everything a copier process needs to build the sink: plain, JSON-serialisable data."""
+
+    kind: str
+    location: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "location": self.location, "options": list(self.options)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SinkSpec:
+        options = tuple((str(k), str(v)) for k, v in data.get("options", ()))
+        return cls(str(data["kind"]), str(data["location"]), options)
+
+
+@dataclass(frozen=True)
+class Space:
+    """Room left at the destination, and where that is, for messages."""
+
+    free_bytes: int
+    free_inodes: int | None  # None: no limit on the number of files
+    block: int  # allocation unit: a small file takes at least this much
+    mount: str  # the mount point (a bucket name for object storage)
+
+    @property
+    def where(self) -> str:
+        return f"the destination filesystem (mounted at {self.mount})"
+
+
+class RecordsFolder(Protocol):
+    """softcopy's records beside the copy (state/records.Records for a local destination)."""
+
+    def __truediv__(self, name: str) -> RecordFile: ...
+    def read(self, name: str) -> bytes: ...
+    def write(self, name: str, data: bytes) -> None: ...
+    def unlink(self, name: str) -> None: ...
+    def remove_stale_temporaries(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    """One destination. Errors the user can act on are SoftcopyError; a put never raises."""
+
+    spec: SinkSpec
+    capabilities: Capabilities
+    records: RecordsFolder | None  # set by lock(), until close()
+
+    def lock(self) -> None:
+        """Refuse a destination that is not one (a link, a file) and take the run's lock.
+
+        ConfigError when another softcopy holds it. Before anything else is touched.
+        """
+
+    def create(self) -> bool:
+        """Make the destination, take the identity lock; True when it already held entries."""
+
+    def probe(self) -> None:
+        """Fail once, up front (SoftcopyError), when the destination cannot take files."""
+
+    def space(self) -> Space:
+        """Free space now; for a destination not made yet, where it would be made."""
+
+    def listing(self) -> ScanResult:
+        """Every file (key -> Version), link and leftover temporary at the destination."""
+
+    def link_target(self, key: str) -> str | None:
+        """What the link at `key` points to; None when it is not a link."""
+
+    def version(self, key: str) -> Version | None:
+        """The current version of what is at `key`, None when nothing is."""
+
+    def open(self, key: str) -> BinaryIO:
+        """The bytes at `key`, for verification (FileNotFoundError when absent)."""
+
+    def flush(self) -> None:
+        """Make every put so far durable before anything is recorded as copied."""
+
+    def put(
+        self,
+        src_root: str,
+        key: str,
+        compare_first: bool = False,
+        fsync: bool = False,
+        digest: bool = False,
+        throttle: Throttle | None = None,
+    ) -> Outcome:
+        """Bring `key` up to the source's current version (or delete it when gone)."""
+
+    def delete(self, key: str) -> Outcome:
+        """Remove `key`; DELETED also when it was not there."""
+
+    def remove_temporaries(self, keys: Iterable[str]) -> None:
+        """Remove leftover temporaries (keys from `listing().temporary`), quietly."""
+
+    def discard_partial(self, keys: Iterable[str]) -> None:
+        """Remove the temporaries of puts of these keys that never finished, quietly."""
+
+    def write_markers(self, src_root: str, keys: list[str], digest: bool) -> dict[str, str]:
+        """Publish the markers in order, durably, after everything else; key -> digest.
+
+        Stops at the first that cannot be written (SoftcopyError), so a later one (the
+        `complete` marker, last) never appears over an incomplete set.
+        """
+
+    def release(self) -> None:
+        """Drop cached handles (between batches); the sink reopens what it needs."""
+
+    def close(self) -> None:
+        """Release everything, locks included."""
+
+
+# kind -> "module:class"; imported only when a sink of that kind is built, so a copier
+# loads the code of its own kind only.
+_KINDS = {"local": "softcopy.sinks.local:LocalDirectory"}
+
+
+def spec_for(location: str) -> SinkSpec:
+    """The spec of a destination as the user gave it (today: a local directory)."""
+    return SinkSpec("local", location)
+
+
+def sink_from_spec(spec: SinkSpec) -> Sink:
+    """Build the sink a spec describes (in a copier process, or in the engine).
+
+    Each kind's class has `from_spec(spec)`: the spec is all a separate interpreter gets.
+    """
+    try:
+        module_name, _, class_name = _KINDS[spec.kind].partition(":")
+    except KeyError:
+        raise ValueError(f"unknown kind of destination: {spec.kind!r}") from None
+    return getattr(importlib.import_module(module_name), class_name).from_spec(spec)
