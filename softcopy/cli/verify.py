@@ -59,8 +59,7 @@ def _verify(
     as_json: bool,
     workers: int,
 ) -> int:
-    from ..engine.target import sidecar_dir
-    from ..state.records import RecordFile, Records
+    from ..state.records import RecordFile, Records, records_dir
     from ..verify.compare import check_manifest, compare_trees
     from ..verify.manifest import MANIFEST, read_manifest
 
@@ -87,7 +86,7 @@ def _verify(
         if where is None:
             # softcopy's own record, beside the directory the copy resolved DESTINATION to:
             # read without following a link, like every record (any owner may read it).
-            side = sidecar_dir(Path(os.path.realpath(destination)))
+            side = records_dir(Path(os.path.realpath(destination)))
             records = Records.open(side, create=False, check_owner=False)
             if records is None:
                 raise ConfigError(side / MANIFEST, "read manifest", missing)

@@ -16,7 +16,7 @@ import os
 
 from ..config import TargetConfig
 from ..errors import ConfigError, from_os_error
-from ..state.records import Records, records_dir
+from ..state.records import LINK_PROBLEM, Records, records_dir
 
 log = logging.getLogger(__name__)
 
@@ -83,5 +83,5 @@ def previous_target(records: Records) -> dict | None:
 
 def describe_record(exc: OSError) -> str:
     if exc.errno == errno.ELOOP:
-        return "it is a symbolic link, which softcopy never follows; remove it"
+        return LINK_PROBLEM
     return exc.strerror or str(exc)

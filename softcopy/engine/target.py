@@ -57,7 +57,7 @@ from .finish import END_PROVEN, Observed, Rules, end_of, settle_time
 from .ledger import Ledger
 from .notes import STALL_AFTER, Snapshot, waiting_for, waiting_note_after
 from .notes import why_stalled as stalled_text
-from .observe import SourceView
+from .observe import UNKNOWN_VERSION, SourceView
 from .plan import COMPARE, DELETE, TRUST, decide, plan_record
 from .racy import UnprovenCopies, coarse_clock_ns
 from .report import EVERY as REPORT_EVERY
@@ -72,18 +72,11 @@ _SUPERVISOR_NICE = 10
 _LOG_EVERY = 10.0
 _ARRAY_METADATA = ("zarr.json", ".zarray")
 _NODE_METADATA = ("zarr.json", ".zarray", ".zgroup")  # str.endswith: cheap on a million keys
-# A file that exists but cannot be stat'ed: no real file has inode 0.
-_UNKNOWN_VERSION = Version(0, 0, 0, 0)
 # The destination holds a copy whose source version is not proven (racy.py): it is
 # compared again. Negative fields read as "absent" everywhere, and match no version.
 _UNPROVEN = Version(-2, -2, -2, -2)
 # Network filesystems stamp files with the server's clock, which may run behind ours.
 _NETWORK_CLOCK_SKEW_NS = 2_000_000_000
-
-
-def sidecar_dir(destination: Path) -> Path:
-    """softcopy's own records live beside the copy, never inside it."""
-    return records_dir(destination)
 
 
 class Supervisor:
@@ -251,7 +244,7 @@ class Supervisor:
         existing = dst_path.is_dir()
         dst_files = scan_tree(self.dst).files if existing else {}
         there = {k: v for k, v in dst_files.items() if self.select.wanted(k)}
-        records = Records.open(sidecar_dir(dst_path), create=False)
+        records = Records.open(records_dir(dst_path), create=False)
         try:
             previous = previous_target(records) if records is not None else None
         finally:
@@ -517,7 +510,7 @@ class Supervisor:
         space = self.sink.space()
         files, nbytes = self.ledger.pending_totals(space.block)
         files -= len(self.compare_first)  # probably identical already: no new space
-        nbytes -= sum((self.ledger.source(k) or _UNKNOWN_VERSION).size for k in self.compare_first)
+        nbytes -= sum((self.ledger.source(k) or UNKNOWN_VERSION).size for k in self.compare_first)
         problem = preflight_problem(files, nbytes, space)
         if problem:
             raise SoftcopyError(self.dst, "copy to destination", problem)

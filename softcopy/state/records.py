@@ -18,7 +18,7 @@ from typing import BinaryIO
 from ..errors import ConfigError, SoftcopyError, from_os_error
 
 LOCK = "lock"
-_LINK = "it is a symbolic link, which softcopy never follows; remove it"
+LINK_PROBLEM = "it is a symbolic link, which softcopy never follows; remove it"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # `.NAME.<pid>.tmp` now; `.NAME.tmp` from softcopy before temporaries were per writer.
 _TEMPORARY = re.compile(r"^\..+?(\.(\d+))?\.tmp$")
@@ -36,7 +36,7 @@ def describe(path: Path | str) -> str:
     except OSError as exc:
         return os.strerror(exc.errno or 0)
     if stat.S_ISLNK(st.st_mode):
-        return _LINK
+        return LINK_PROBLEM
     if not stat.S_ISDIR(st.st_mode):
         return "it exists and is not a directory"
     return "it changed while softcopy opened it"
@@ -79,7 +79,7 @@ class RecordFile:
         except FileNotFoundError as exc:
             raise ConfigError(self, action, missing or os.strerror(exc.errno)) from None
         except OSError as exc:
-            problem = _LINK if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+            problem = LINK_PROBLEM if exc.errno == errno.ELOOP else exc.strerror or str(exc)
             raise ConfigError(self, action, problem) from exc
 
 
@@ -185,7 +185,7 @@ class Records:
             )
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # a link, dangling or not, planted as the lock
-                raise ConfigError(self / LOCK, "lock", _LINK) from exc
+                raise ConfigError(self / LOCK, "lock", LINK_PROBLEM) from exc
             raise from_os_error(exc, "lock", self / LOCK) from exc
         self._held.append(fd)
         return lock_fd(fd)
