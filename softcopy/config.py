@@ -12,6 +12,7 @@ import yaml
 from .errors import ConfigError
 from .inputs import read_input
 from .options import OPTIONS, parse_options, target_class
+from .presets import apply_preset
 from .state.records import records_dir
 
 # One field per row of options.OPTIONS, with its default: the table is the only place an
@@ -29,7 +30,9 @@ def make_target(source: Any, destination: Any, options: dict[str, Any], where: s
     # Links in the paths the user gave are resolved once, here: everything below is
     # then opened without following a link, and one directory has one name.
     return TargetConfig(
-        Path(os.path.realpath(src)), Path(os.path.realpath(dst)), **parse_options(options, where)
+        Path(os.path.realpath(src)),
+        Path(os.path.realpath(dst)),
+        **parse_options(apply_preset(options, where), where),
     )
 
 
@@ -99,8 +102,8 @@ def check_paths(src: Path, dst: Path) -> None:
 MAX_TARGETS_FILE = 4 << 20
 
 
-def load_targets(path: Path, overrides: dict[str, Any] | None = None) -> list[TargetConfig]:
-    """Read a targets file: `targets: [{source, destination, ...}]` and optional `defaults:`."""
+def read_targets_file(path: Path) -> dict[str, Any]:
+    """A targets file's document: `targets:` and/or `watch:` lists, optional `defaults:`."""
     data = read_input(path, "read targets file", MAX_TARGETS_FILE, "targets file")
     try:
         text = data.decode("utf-8")
@@ -115,33 +118,49 @@ def load_targets(path: Path, overrides: dict[str, Any] | None = None) -> list[Ta
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(path, "parse targets file", f"not valid YAML: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("targets"), list) or not doc["targets"]:
+    lists = [k for k in ("targets", "watch") if isinstance(doc, dict) and k in doc]
+    if (
+        not isinstance(doc, dict)
+        or not lists
+        or not all(isinstance(doc[k], list) for k in lists)
+        or not any(doc[k] for k in lists)
+    ):
         raise ConfigError(
-            path, "read targets file", "expected a mapping with a non-empty 'targets' list"
+            path,
+            "read targets file",
+            "expected a mapping with a non-empty 'targets' list (or a 'watch' list of roots)",
         )
-    unknown = set(doc) - {"targets", "defaults"}
+    unknown = set(doc) - {"targets", "watch", "defaults"}
     if unknown:
         raise ConfigError(path, "read targets file", f"unknown top-level keys: {sorted(unknown)}")
     defaults = doc.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise ConfigError(f"{path}: defaults", "read targets file", "expected a mapping")
-    base = parse_options(defaults, f"{path}: defaults")
+    return doc
+
+
+def file_path(path: Path, value: Any) -> Any:
+    """A path in a targets file: relative to the file, not to the shell; `~` is expanded
+    first, so `~/data` is not read as `<file's dir>/~/data`."""
+    if isinstance(value, str) and value:
+        return Path(path).resolve().parent / os.path.expanduser(value)
+    return value
+
+
+def load_targets(path: Path, overrides: dict[str, Any] | None = None) -> list[TargetConfig]:
+    """Read a targets file's `targets: [{source, destination, ...}]`, with its `defaults:`."""
+    doc = read_targets_file(path)
+    base = parse_options(doc.get("defaults") or {}, f"{path}: defaults")
     targets: list[TargetConfig] = []
-    for i, entry in enumerate(doc["targets"]):
+    for i, entry in enumerate(doc.get("targets") or []):
         where = f"{path}: targets[{i}]"
         if not isinstance(entry, dict):
             raise ConfigError(
                 where, "read target", "expected a mapping with source and destination"
             )
         entry = dict(entry)
-        source, destination = entry.pop("source", None), entry.pop("destination", None)
-        # Relative paths in a targets file are relative to the file, not to the shell;
-        # `~` is expanded first, so `~/data` is not read as `<file's dir>/~/data`.
-        base_dir = Path(path).resolve().parent
-        if isinstance(source, str) and source:
-            source = base_dir / os.path.expanduser(source)
-        if isinstance(destination, str) and destination:
-            destination = base_dir / os.path.expanduser(destination)
+        source = file_path(path, entry.pop("source", None))
+        destination = file_path(path, entry.pop("destination", None))
         options = {**base, **parse_options(entry, where), **(overrides or {})}
         targets.append(make_target(source, destination, options, where))
     _check_distinct(path, targets)

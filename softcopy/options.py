@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from .errors import ConfigError
-from .units import parse_rate
+from .units import parse_duration, parse_rate
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,29 @@ def _file_name(value: Any) -> str:
 FILE_NAME = Kind("file name", "str", _file_name)
 
 
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{value!r} is not a non-empty text")
+    return value
+
+
+TEXT = Kind("text", "str | None", _text)
+
+
+def _duration(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    return parse_duration(value)
+
+
+# "7d", "12h", "90": on the command line as text, parsed here so both forms say the same.
+DURATION = Kind("duration", "float | None", _duration)
+
+
 # ---- the table -----------------------------------------------------------------------------
 # In the order `copy --help` lists them; the targets file's keys are the names.
 
@@ -253,6 +276,15 @@ OPTIONS: tuple[Option, ...] = (
         0.75,
         "Source disk utilisation that counts as busy [0.75].",
     ),
+    # Presets fill in the end rules instruments really use (presets.py); explicit
+    # options override them.
+    Option(
+        "preset",
+        choice("none", "illumina", "ont", "zarr", says="none, illumina, ont or zarr"),
+        "none",
+        "End rules of an instrument: illumina (CopyComplete.txt, else RTAComplete.txt, "
+        "15 min old), ont (final_summary*.txt), zarr (the complete marker) [none].",
+    ),
     Option(
         "kind",
         choice("zarr", "directory", says="'zarr' or 'directory'"),
@@ -268,6 +300,18 @@ OPTIONS: tuple[Option, ...] = (
         "Root file (glob) saying the run is finished, e.g. CopyComplete.txt; repeatable.",
         flag="--sentinel",
         dest="sentinels",
+    ),
+    # Illumina's RTAComplete.txt on instruments that never write CopyComplete.txt: a file
+    # that may come well before the run's last file, so the whole run must be quiet too.
+    Option(
+        "sentinel_fallbacks",
+        GLOBS,
+        (),
+        "Root file (glob) that ends the run only once it and the whole run have been "
+        "unchanged for --sentinel-min-age (for instruments that may never write the "
+        "--sentinel); repeatable.",
+        flag="--sentinel-fallback",
+        dest="sentinel_fallbacks",
     ),
     Option(
         "sentinel_min_age",

@@ -36,3 +36,22 @@ def parse_rate(text: object) -> float:
     if not value > 0:
         raise ValueError(f"{text!r} is not a positive rate")
     return value
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: object) -> float:
+    """Seconds from "90", "45s", "30m", "12h", "7d" or "2w"; ValueError says what is wrong."""
+    value = str(text).strip().lower()
+    unit = value[-1:] if value[-1:] in _DURATION_UNITS else "s"
+    number = value[:-1] if value[-1:] in _DURATION_UNITS else value
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a duration (a number with s, m, h, d or w, e.g. 7d)"
+        ) from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(f"{text!r} is not a duration of zero or more seconds")
+    return seconds

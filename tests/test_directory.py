@@ -55,9 +55,15 @@ def test_a_run_folder_is_copied_and_finished_by_its_sentinel(tmp_path: Path) -> 
     src, dst = tmp_path / "run", tmp_path / "copy"
     src.mkdir()
     targets = targets_file(
-        tmp_path, src, dst, kind="directory", sentinels=["CopyComplete.txt"],
-        sentinel_min_age=0.5, ready_age=0.3, exclude=["*.tmp"],
-    )  # fmt: skip
+        tmp_path,
+        src,
+        dst,
+        kind="directory",
+        sentinels=["CopyComplete.txt"],
+        sentinel_min_age=0.5,
+        ready_age=0.3,
+        exclude=["*.tmp"],
+    )
     proc = start_softcopy("run", targets)
     writer = start(["python3", "-c", RUN_FOLDER_WRITER, str(src)])
     assert finish(writer)[0] == 0
@@ -77,9 +83,14 @@ def test_a_young_sentinel_does_not_finish_the_run(tmp_path: Path) -> None:
     (src / "reads.fastq").write_text("@r1\nACGT\n+\nIIII\n")
     (src / "final_summary_ABC.txt").write_text("done")
     targets = targets_file(
-        tmp_path, src, dst, kind="directory", sentinels=["final_summary_*.txt"],
-        sentinel_min_age=3, ready_age=0,
-    )  # fmt: skip
+        tmp_path,
+        src,
+        dst,
+        kind="directory",
+        sentinels=["final_summary_*.txt"],
+        sentinel_min_age=3,
+        ready_age=0,
+    )
     started = time.time()
     result = run_softcopy("run", targets)
     assert result.returncode == 0, result.stderr
@@ -149,11 +160,61 @@ def test_a_rerun_after_a_file_was_deleted_at_the_source_deletes_it_and_ends(
     src.mkdir()
     for name in ("a", "b", "CopyComplete.txt"):
         (src / name).write_text(name)
-    args = ["copy", "--kind", "directory", "--sentinel", "CopyComplete.txt",
-            "--sentinel-min-age", "0", "--ready-age", "0", src, dst]  # fmt: skip
+    args = [
+        "copy",
+        "--kind",
+        "directory",
+        "--sentinel",
+        "CopyComplete.txt",
+        "--sentinel-min-age",
+        "0",
+        "--ready-age",
+        "0",
+        src,
+        dst,
+    ]
     first = run_softcopy(*args)
     assert first.returncode == 0, first.stderr
     (src / "a").unlink()
     again = run_softcopy(*args)
     assert again.returncode == 0, again.stderr
     assert not (dst / "a").exists() and (dst / "b").read_text() == "b"
+
+
+@pytest.mark.parametrize("how", ["deleted", "made again"])
+def test_a_source_that_vanishes_mid_copy_fails_and_the_copy_keeps_its_files(
+    tmp_path: Path, how: str
+) -> None:
+    """A vanished root once listed as empty: the copy ended `done` with 0 files, and its
+    files were deleted at the destination as if the writer had deleted them."""
+    src, dst = tmp_path / "run", tmp_path / "copy"
+    src.mkdir()
+    for i in range(5):
+        (src / f"f{i}.bin").write_bytes(os.urandom(1000))
+    proc = start_softcopy(
+        "copy",
+        "--kind",
+        "directory",
+        "--ready-age",
+        "0",
+        "--idle-timeout",
+        "30",
+        "--scan-interval",
+        "0.2",
+        "--nprocs",
+        "1",
+        src,
+        dst,
+    )
+    wait_for(lambda: len(list(dst.glob("f*.bin"))) == 5, what="the files copied", proc=proc)
+    aside = tmp_path / "aside"
+    src.rename(aside)  # the source as it was, kept to compare the copy with
+    if how == "made again":
+        src.mkdir()
+    rc, _, err = finish(proc)
+    assert rc == 1, err
+    assert ("vanished" if how == "deleted" else "was replaced") in err, err
+    assert sorted(p.name for p in dst.glob("f*.bin")) == [f"f{i}.bin" for i in range(5)]
+    for i in range(5):
+        assert (dst / f"f{i}.bin").read_bytes() == (aside / f"f{i}.bin").read_bytes()
+    assert not (tmp_path / "copy.softcopy" / "certificate.json").exists()

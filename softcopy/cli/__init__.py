@@ -9,7 +9,7 @@ import click
 
 from .. import __version__
 from ..names import safe_text
-from . import copy, signals, simulate, status, verify
+from . import copy, release, signals, simulate, status, verify, watch
 
 __all__ = ["entry", "main"]
 
@@ -42,8 +42,8 @@ class _LineFormatter(logging.Formatter):
 
 
 # The modules keep their names here (a command's function would hide its module).
-for _command in (copy.copy, copy.run, verify.verify, status.status, simulate.simulate,
-                 simulate.demo):  # fmt: skip
+for _command in (copy.copy, copy.run, watch.watch, watch.retry, release.release, verify.verify,
+                 status.status, simulate.simulate, simulate.demo):  # fmt: skip
     main.add_command(_command)
 
 

@@ -98,16 +98,25 @@ def run(
     dry_run: bool,
     **options: Any,
 ) -> None:
-    """Copy every target of TARGETS_FILE in parallel (see targets.example.yaml)."""
+    """Copy every target of TARGETS_FILE in parallel, and watch each of its `watch:` roots
+    as `softcopy watch` does (see targets.example.yaml)."""
     run_rate = options.pop("max_rate", None)  # shared by all targets, not one each
     rate = _parse_rate_option(run_rate) if run_rate else None
+    overrides = cli_values({**options, **_dry(dry_run)})
     _run(
         ctx,
-        lambda: load_targets(targets_file, cli_values({**options, **_dry(dry_run)})),
+        lambda: load_targets(targets_file, overrides),
         make_reporter(as_json, False if dry_run else progress),  # a plan has no progress
         dry_run,
         rate,
+        watches=None if dry_run else lambda: _load_watches(targets_file, overrides),
     )
+
+
+def _load_watches(path: Path, overrides: dict[str, Any]) -> list:
+    from ..service.watch import load_watches
+
+    return load_watches(path, overrides)
 
 
 def _parse_rate_option(text: str) -> float:
@@ -127,15 +136,23 @@ def _run(
     reporter: Reporter,
     dry_run: bool = False,
     run_rate: float | None = None,
+    watches: Callable[[], list] | None = None,
 ) -> None:
     targets: list[TargetConfig] = []
 
     def body() -> int:
         try:
             targets.extend(make())
-            return copy_all(
-                targets, reporter=reporter, dry_run=dry_run, run_rate=run_rate, keep_handlers=True
-            )
+            roots = watches() if watches else []
+            if not roots:
+                return copy_all(
+                    targets,
+                    reporter=reporter,
+                    dry_run=dry_run,
+                    run_rate=run_rate,
+                    keep_handlers=True,
+                )
+            return _copy_and_watch(targets, roots, reporter, run_rate)
         except SoftcopyError as exc:
             if reporter.json:  # a script reading stdout learns why it stopped
                 one = targets[0] if len(targets) == 1 else None
@@ -149,6 +166,34 @@ def _run(
             raise
 
     ctx.exit(guarded(ctx, body))
+
+
+def _copy_and_watch(
+    targets: list[TargetConfig], roots: list, reporter: Reporter, run_rate: float | None
+) -> int:
+    """The targets, and a service per watched root, until the targets are done and the
+    services stopped (a signal, or each one's --once)."""
+    import threading
+
+    from ..service.watch import Service
+
+    stop = StopSignal()
+    services = [Service(cfg, stop) for cfg in roots]  # every refusal before anything starts
+    codes: list[int] = []
+    threads = [
+        threading.Thread(target=lambda s=s: codes.append(s.run()), name="watch", daemon=True)
+        for s in services
+    ]
+    for thread in threads:
+        thread.start()
+    code = EXIT_OK
+    if targets:
+        code = copy_all(targets, stop, reporter, run_rate=run_rate, keep_handlers=True)
+    with signals_to(stop, keep=True):
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+    return max([code, *codes])
 
 
 def copy_all(

@@ -126,3 +126,35 @@ def status_record(t: dict[str, Any]) -> dict[str, Any]:
     record's `names_hex` maps that text to the exact bytes (see names.json_record)."""
     extra = {"last_seen": t["updated"]} if t.get("recorded_state") else {}
     return json_record({**t, **extra})
+
+
+def run_text(r: dict[str, Any]) -> str:
+    """One run of `watch`, for people (a `run_record`)."""
+    pad = " " * 12
+    lines = [
+        f"{r['state']:<11} run {shown(r['run'])}: {shown(r['source'])} -> "
+        f"{shown(r['destination'])}",
+        f"{pad}{r['files']} files ({human_bytes(r['bytes'])}), attempt {r['attempts']}; "
+        f"found {r['discovered']}, started {r['started'] or '-'}, ended {r['ended'] or '-'}",
+    ]
+    if r["finished_because"]:
+        free = (
+            ""
+            if r["safe_to_free"] is None
+            else ("; safe to free" if r["safe_to_free"] else "; a guessed end: not safe to free")
+        )
+        lines.append(f"{pad}finished because {safe_text(r['finished_because'])}{free}")
+    if r["error"]:
+        lines.append(f"{pad}{safe_text(r['error'])}")
+    if r["next_attempt"] and r["state"] == "retry":
+        lines.append(f"{pad}next attempt at {r['next_attempt']}")
+    hook = r.get("hook")
+    if hook:
+        outcome = "ok" if hook["exit_code"] == 0 else (hook["error"] or "failed")
+        lines.append(f"{pad}hook {safe_text(hook['command'])}: {safe_text(outcome)}")
+    if r.get("released"):
+        lines.append(
+            f"{pad}released {r['released']}"
+            + (f" (moved to {shown(r['released_to'])})" if r.get("released_to") else "")
+        )
+    return "\n".join(lines)

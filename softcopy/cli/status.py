@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from ..errors import EXIT_OK
-from .render import status_record, status_text
+from ..names import json_record
+from .render import run_text, status_record, status_text
 from .signals import guarded, say
 
 
@@ -18,20 +19,34 @@ from .signals import guarded, say
     type=click.Path(path_type=Path, file_okay=False),
     help="Where the journal lives [$XDG_STATE_HOME/softcopy].",
 )
-@click.option("--json", "as_json", is_flag=True, help="One JSON record per target.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON record per run and per target (schema in docs/service.md).",
+)
 @click.pass_context
 def status(ctx: click.Context, state_dir: Path | None, as_json: bool) -> None:
-    """Targets in the journal: state, files and bytes done and pending, failures, last activity."""
+    """Runs (of `watch`) and targets in the journal: state, files and bytes, failures, hooks,
+    last activity."""
     from ..state.journal import default_state_dir, read_status
+    from ..state.runs import read_runs, run_record
 
     def body() -> int:
-        targets = read_status(state_dir or default_state_dir())
+        where = state_dir or default_state_dir()
+        runs = read_runs(where)
+        # A run's copy is a target too: shown once, as the run.
+        copies = {r["destination"] for r in runs}
+        targets = [t for t in read_status(where) if t["destination"] not in copies]
+        for run in runs:
+            record = run_record(run)
+            say(json.dumps(json_record(record)) if as_json else run_text(record))
         for t in targets:
             if as_json:
                 say(json.dumps(status_record(t), default=str))
             else:
                 say(status_text(t))
-        if not targets and not as_json:
+        if not targets and not runs and not as_json:
             say("no targets in the journal")
         return EXIT_OK
 

@@ -45,7 +45,8 @@ def certificate(
     hashed: bool,
     trust_guessed_end: bool,
     markers_copied: int,
-    chunks: tuple[int, int],
+    marker_bytes: int = 0,
+    chunks: tuple[int, int] = (0, 0),
     manifest_blake3: str | None,
 ) -> dict:
     present, expected = chunks
@@ -60,7 +61,7 @@ def certificate(
         # Every regular file in the destination, the marker included, whatever the
         # verification mode.
         "files": verification.files + markers_copied,
-        "bytes": verification.bytes,
+        "bytes": verification.bytes + marker_bytes,
         "links": verification.links,
         "chunks_expected": expected,
         "chunks_absent": expected - present,

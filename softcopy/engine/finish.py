@@ -8,6 +8,7 @@ engine confirms it with a full scan, which is the only side effect involved.
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class Rules:
     sentinel_min_age: float
     idle_timeout: float | None
     settle: float
+    sentinel_fallbacks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,17 @@ def end_of(rules: Rules, seen: Observed) -> End | None:
     now = seen.now_wall or time.time()
     for key, version in sorted(seen.markers.items()):
         age = now - newest_change(version)
-        if age >= rules.sentinel_min_age:
+        if age < rules.sentinel_min_age:
+            continue
+        if not any(fnmatch.fnmatchcase(key, p) for p in rules.sentinel_fallbacks):
             return End("sentinel", f"the sentinel '{key}' exists and is {age:.0f} s old", False)
+        if seen.quiet >= rules.sentinel_min_age:
+            return End(
+                "sentinel",
+                f"the fallback sentinel '{key}' exists and it and the whole run have been "
+                f"unchanged for {rules.sentinel_min_age:g} s",
+                True,
+            )
     if rules.idle_timeout is not None and seen.quiet >= rules.idle_timeout:
         return End("idle_timeout", f"nothing changed for {rules.idle_timeout:g} s (idle timeout)",
                    True)  # fmt: skip

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import MetadataError, from_os_error
+from ..errors import MetadataError, SoftcopyError, from_os_error
 from ..names import shown
 from ..sources.kinds import SourceKind
 from ..sources.scan import ScanResult, Version, scan_tree, stat_key
@@ -65,15 +65,20 @@ class SourceView:
         self._changes_seen = False
         self._said_unreadable: set[str] = set()
         self._bad_metadata: dict[str, tuple[Version | None, ...]] = {}
+        self.identity: tuple[int, int] | None = None  # the source directory's (dev, ino)
 
     def full_scan(self, initial: bool = False) -> int:
         """List the whole source; returns how many keys changed. The source of truth."""
+        self._root_identity(initial)
         self.ledger.begin_sweep()
         self.unreadable.clear()
         try:
             result = scan_tree(self.src, "", on_dir=self.watcher.watch if self.watcher else None)
         except OSError as exc:
             raise from_os_error(exc, "scan source", self.src) from exc
+        # A root that vanished mid-listing lists as empty: that must never read as "every
+        # file was deleted", which would delete the copy's files too.
+        self._root_identity(False)
         changed = self._absorb(result, initial)
         self._note_unreadable(result)
         for key in self.ledger.end_sweep():
@@ -81,6 +86,35 @@ class SourceView:
         self.temp_count = len(result.temporary)
         self.next_scan = time.monotonic() + self.scan_interval
         return changed
+
+    def check_root(self) -> None:
+        """Raise if the source directory is gone or another one since the first listing."""
+        self._root_identity(False)
+
+    def _root_identity(self, initial: bool) -> tuple[int, int]:
+        """The source directory's (device, inode); raises once it is gone or another one."""
+        try:
+            st = os.stat(self.src)
+        except FileNotFoundError:
+            raise SoftcopyError(
+                self.src,
+                "copy source",
+                "it vanished while it was being copied (deleted or moved away); the copy is "
+                "left as it is and not certified",
+            ) from None
+        except OSError as exc:
+            raise from_os_error(exc, "read source", self.src) from exc
+        identity = (st.st_dev, st.st_ino)
+        if initial or self.identity is None:
+            self.identity = identity
+        elif identity != self.identity:
+            raise SoftcopyError(
+                self.src,
+                "copy source",
+                "it was replaced while it was being copied (another directory now has its "
+                "name); the copy is left as it is and not certified",
+            )
+        return identity
 
     def scan_subtree(self, rel: str) -> None:
         """A new directory: watch it, then list it, so no file falls between the two."""

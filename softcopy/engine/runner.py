@@ -34,42 +34,73 @@ class Runner:
         stop: StopSignal | None = None,
         events: Callable[[dict], None] | None = None,
         run_rate: float | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> None:
         self._copy_target = copy_target
+        self._on_end = on_end  # told (from the target's thread) once its end can be taken
         self.stop = stop or StopSignal()
         self.events = events
         self._bucket = create_bucket() if run_rate else None
         self._shared = (self._bucket, run_rate) if self._bucket and run_rate else None
         self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._finished: list[Finished | None] = []
+        self._ended = threading.Condition(self._lock)
+        # By index, and only until taken: a service's runner lives for months.
+        self._threads: dict[int, threading.Thread] = {}
+        self._finished: dict[int, Finished] = {}
+        self._next = 0
         self._closed = False
 
-    def add(self, cfg: TargetConfig) -> int:
-        """Start copying `cfg` now, also while `wait` runs; its index in `wait`'s results."""
+    def add(self, cfg: TargetConfig, stop: StopSignal | None = None) -> int:
+        """Start copying `cfg` now, also while `wait` runs; its index in `wait`'s results.
+
+        `stop`: this target's own stop signal (a service stops one run), else the runner's.
+        """
         with self._lock:
             if self._closed:
                 raise RuntimeError("the runner is closed")
-            i = len(self._threads)
+            i = self._next
+            self._next += 1
             thread = threading.Thread(
-                target=self._work, args=(i, cfg), name=f"target-{i}", daemon=True
+                target=self._work,
+                args=(i, cfg, stop or self.stop),
+                name=f"target-{i}",
+                daemon=True,
             )
             # Started before `wait` can see it: a thread not yet started is not alive, and
             # `wait` would return without it.
             thread.start()
-            self._threads.append(thread)
-            self._finished.append(None)
+            self._threads[i] = thread
         return i
 
-    def _work(self, i: int, cfg: TargetConfig) -> None:
+    def _work(self, i: int, cfg: TargetConfig, stop: StopSignal) -> None:
         try:
             result: Summary | BaseException = self._copy_target(
-                cfg, self.stop, self.events, self._shared
+                cfg, stop, self.events, self._shared
             )
         except BaseException as exc:  # reported by the caller of `wait`
             result = exc
-        with self._lock:  # `add` appends this target's slot under the lock, maybe after us
+        with self._lock:  # `add` records this target's thread under the lock, maybe after us
             self._finished[i] = Finished(cfg, result)
+            self._ended.notify_all()
+        if self._on_end is not None:
+            self._on_end()
+
+    def running(self) -> int:
+        """Targets not yet ended."""
+        with self._lock:
+            return len(self._threads) - len(self._finished)
+
+    def take_finished(self, timeout: float = 0.0) -> list[tuple[int, Finished]]:
+        """Targets that ended since the last call (waiting up to `timeout` for one), by
+        index; forgotten here once taken."""
+        with self._lock:
+            if not self._finished and timeout > 0:
+                self._ended.wait(timeout)
+            taken = sorted(self._finished.items())
+            for i, _ in taken:
+                self._threads.pop(i).join()
+            self._finished.clear()
+            return taken
 
     def wait(self, poll: float = 0.2) -> list[Finished]:
         """Every target's end, in the order they were added, once all have ended; targets
@@ -77,14 +108,15 @@ class Runner:
         signal handlers run while it waits."""
         while True:
             with self._lock:
-                alive = [t for t in self._threads if t.is_alive()]
+                alive = [t for t in self._threads.values() if t.is_alive()]
             if not alive:
                 break
             for t in alive:
                 while t.is_alive():
                     t.join(poll)
         with self._lock:
-            return [f for f in self._finished if f is not None]  # None: added since
+            # Only ended targets: one added since the check above is not in the list.
+            return [self._finished[i] for i in sorted(self._finished)]
 
     def close(self) -> None:
         """Remove the shared rate state; call after `wait` (copiers still hold it open)."""

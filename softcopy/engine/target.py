@@ -100,14 +100,23 @@ class Supervisor:
         self.pool: CopierPool | None = None
         self.polling = False
         self.kind = source_kind(cfg.kind, cfg.ready_age)
-        self.select = Selection(cfg.complete_marker, cfg.sentinels, cfg.include, cfg.exclude)
+        self.select = Selection(
+            cfg.complete_marker, cfg.sentinels + cfg.sentinel_fallbacks, cfg.include, cfg.exclude
+        )
         self.view = SourceView(
             self.src, self.kind, self.select, self.ledger, self._changed, cfg.scan_interval
         )
         self._markers_copied = 0
+        self._marker_bytes = 0
         self.compare_first: set[str] = set()
         self.retry = RetryPolicy(cfg.max_attempts)
-        self.rules = Rules(cfg.complete_marker, cfg.sentinel_min_age, cfg.idle_timeout, cfg.settle)
+        self.rules = Rules(
+            cfg.complete_marker,
+            cfg.sentinel_min_age,
+            cfg.idle_timeout,
+            cfg.settle,
+            cfg.sentinel_fallbacks,
+        )
         self.fatal: SoftcopyError | None = None
         self.queue_empty = False
         self.records: Records | None = None  # held open with its lock and the destination's
@@ -667,7 +676,7 @@ class Supervisor:
         return waiting_for(
             quiet=time.monotonic() - max(self.view.last_change, self._started),
             complete_marker=cfg.complete_marker,
-            sentinels=cfg.sentinels,
+            sentinels=cfg.sentinels + cfg.sentinel_fallbacks,
             expected=self.ledger.expected_counts() if self.kind.has_expected_set else None,
             temp_count=self.view.temp_count,
             idle_timeout=cfg.idle_timeout,
@@ -742,7 +751,9 @@ class Supervisor:
         # Flushed first, so verification reads what the device holds (the cache is
         # dropped per file before it is read), not what the page cache remembers.
         self.sink.flush()
+        self.view.check_root()
         source_scan = scan_tree(self.src)
+        self.view.check_root()  # a root gone mid-listing lists as empty
         markers = sorted(
             (k for k in source_scan.files.keys() | source_scan.links if self.select.is_marker(k)),
             key=lambda k: (k == self.cfg.complete_marker, k),  # `complete` very last
@@ -779,6 +790,9 @@ class Supervisor:
         # verified copy.
         digests.update(self.sink.write_markers(self.src, markers, self.cfg.hash))
         self._markers_copied = len(markers)
+        self._marker_bytes = sum(
+            source_scan.files[k].size for k in markers if k in source_scan.files
+        )
         self.summary.state = State.DONE
         self.summary.seconds = time.monotonic() - self._started
         self._certify(verification, digests)
@@ -796,6 +810,7 @@ class Supervisor:
             hashed=self.cfg.hash,
             trust_guessed_end=self.cfg.trust_guessed_end,
             markers_copied=self._markers_copied,
+            marker_bytes=self._marker_bytes,
             chunks=self.ledger.expected_counts(),
             manifest_blake3=manifest_blake3,
         )

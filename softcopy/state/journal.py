@@ -38,7 +38,7 @@ from ..states import RUNNING_STATES
 log = logging.getLogger("softcopy")
 
 JOURNAL = "journal.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x53434A4C  # "SCJL": tells a softcopy journal from any other SQLite file
 
 # Version 0 is the journal before it had a version: these tables, no ctime_ns, no owner.
@@ -79,6 +79,53 @@ CREATE TABLE failures (
 ) WITHOUT ROWID;
 """
 
+# Version 2: the service's runs (softcopy watch). `runs_v1` is the read-only interface for
+# downstream tools (docs/service.md): its columns only ever grow; a change that would
+# alter one gets a new view (runs_v2) beside it.
+RUNS_SCHEMA = """
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    source_root TEXT NOT NULL,
+    run TEXT NOT NULL,
+    source TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    finished_because TEXT NOT NULL DEFAULT '',
+    end_rule TEXT NOT NULL DEFAULT '',
+    safe_to_free INTEGER,
+    files INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    discovered REAL NOT NULL,
+    started REAL,
+    ended REAL,
+    next_attempt REAL,
+    error TEXT NOT NULL DEFAULT '',
+    certificate TEXT,
+    owner TEXT NOT NULL DEFAULT '',
+    hook_command TEXT NOT NULL DEFAULT '',
+    hook_exit_code INTEGER,
+    hook_error TEXT NOT NULL DEFAULT '',
+    hook_output TEXT NOT NULL DEFAULT '',
+    released REAL,
+    released_to TEXT,
+    UNIQUE (source_root, run)
+);
+CREATE INDEX runs_by_destination ON runs (destination);
+CREATE INDEX runs_by_state ON runs (source_root, state);
+CREATE VIEW runs_v1 AS SELECT
+    run, source_root, source, destination, kind, state, attempts, finished_because, end_rule,
+    safe_to_free, files, bytes,
+    strftime('%Y-%m-%dT%H:%M:%SZ', discovered, 'unixepoch') AS discovered,
+    strftime('%Y-%m-%dT%H:%M:%SZ', started, 'unixepoch') AS started,
+    strftime('%Y-%m-%dT%H:%M:%SZ', ended, 'unixepoch') AS ended,
+    strftime('%Y-%m-%dT%H:%M:%SZ', next_attempt, 'unixepoch') AS next_attempt,
+    error, certificate, owner, hook_command, hook_exit_code, hook_error, hook_output,
+    strftime('%Y-%m-%dT%H:%M:%SZ', released, 'unixepoch') AS released, released_to
+FROM runs;
+"""
+
 # What a journal of version 0 has; anything else under that version is not ours.
 _V0_COLUMNS = {
     "targets": {
@@ -88,6 +135,9 @@ _V0_COLUMNS = {
     "files": {"target", "key", "size", "mtime_ns", "ino", "digest"},
     "failures": {"target", "key", "error"},
 }  # fmt: skip
+
+# Statements each migration runs, before the columns it adds.
+_CREATES: dict[int, str] = {1: RUNS_SCHEMA}
 
 # Columns each migration adds: (table, column, definition). Rows of version 0 have
 # ctime_ns 0, which matches no current version: they are compared on resume, never
@@ -100,6 +150,7 @@ _MIGRATIONS: dict[int, list[tuple[str, str, str]]] = {
         ("targets", "pid", "INTEGER NOT NULL DEFAULT 0"),
         ("targets", "pid_started", "INTEGER NOT NULL DEFAULT 0"),
     ],
+    1: [],
 }
 
 
@@ -326,14 +377,16 @@ _OPEN_LOCK = threading.Lock()
 _OPEN_PATIENCE = 30.0
 
 
-def open_db(state_dir: Path) -> sqlite3.Connection:
-    """A read-write connection to the journal, created or migrated to SCHEMA_VERSION."""
+def open_db(state_dir: Path, any_thread: bool = False) -> sqlite3.Connection:
+    """A read-write connection to the journal, created or migrated to SCHEMA_VERSION.
+
+    `any_thread`: opened in one thread, used (one thread at a time) in another."""
     deadline = time.monotonic() + _OPEN_PATIENCE
     delay = 0.01
     while True:
         try:
             with _OPEN_LOCK:
-                return _open_db(state_dir)
+                return _open_db(state_dir, any_thread)
         except ConfigError as exc:
             # Another process creating or migrating it: wait, as a busy timeout would.
             locked = isinstance(exc.__cause__, sqlite3.OperationalError) and "locked" in str(
@@ -345,7 +398,7 @@ def open_db(state_dir: Path) -> sqlite3.Connection:
         delay = min(delay * 2, 0.5)
 
 
-def _open_db(state_dir: Path) -> sqlite3.Connection:
+def _open_db(state_dir: Path, any_thread: bool = False) -> sqlite3.Connection:
     path = state_dir / JOURNAL
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -357,7 +410,9 @@ def _open_db(state_dir: Path) -> sqlite3.Connection:
         probe, _ = _inspect(path)
         probe.close()
     try:
-        db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        db = sqlite3.connect(
+            path, timeout=30, isolation_level=None, check_same_thread=not any_thread
+        )
     except sqlite3.Error as exc:
         raise _translate(path, "open journal", exc) from exc
     try:
@@ -383,17 +438,22 @@ def _open_db(state_dir: Path) -> sqlite3.Connection:
 def _upgrade(db: sqlite3.Connection, version: int | None) -> None:
     """Create the schema, or migrate it step by step; inside the caller's transaction."""
     if version is None:
-        # Statement by statement: executescript would commit the caller's transaction.
-        for statement in SCHEMA.split(";"):
-            if statement.strip():
-                db.execute(statement)
+        _execute_all(db, SCHEMA + RUNS_SCHEMA)
     else:
         for step in range(version, SCHEMA_VERSION):
+            _execute_all(db, _CREATES.get(step, ""))
             for table, column, definition in _MIGRATIONS[step]:
                 if column not in _columns(db, table):
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
     db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _execute_all(db: sqlite3.Connection, script: str) -> None:
+    # Statement by statement: executescript would commit the caller's transaction.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
 
 
 def reset(state_dir: Path) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 
 from blake3 import blake3
@@ -107,30 +108,31 @@ def read_manifest(path: Path | RecordFile, missing: str | None = None) -> dict[s
     as the names they are. A line longer than any key can make is an error, not memory.
     ConfigError when it is missing (`missing` says what to do) or not a regular file.
     """
-    digests: dict[str, str] = {}
     if isinstance(path, RecordFile):  # softcopy's own record: never through a link
         opened = path.open_input("read manifest", missing)
     else:
         opened = open_input(path, "read manifest", missing)
     with opened as f:
-        number = 0
-        while True:
-            raw = f.readline(MAX_LINE + 1)
-            if not raw:
-                break
-            number += 1
-            if len(raw) > MAX_LINE:
-                raise ValueError(
-                    f"{path}:{number}: line longer than {MAX_LINE} bytes: not a b3sum manifest"
-                )
-            line = raw.decode("utf-8", "surrogateescape")
-            if not line.strip():
-                continue
-            try:
-                digest, key = parse_line(line)
-            except ValueError as exc:
-                raise ValueError(f"{path}:{number}: {exc}") from None
-            digests[key] = digest
+        return parse_lines(iter(lambda: f.readline(MAX_LINE + 1), b""), path)
+
+
+def parse_lines(lines: Iterable[bytes], where: object) -> dict[str, str]:
+    """Digests by key from a manifest's lines (with or without their newlines); a bad
+    line is a ValueError naming `where` and its line number."""
+    digests: dict[str, str] = {}
+    for number, raw in enumerate(lines, 1):
+        if len(raw) > MAX_LINE:
+            raise ValueError(
+                f"{where}:{number}: line longer than {MAX_LINE} bytes: not a b3sum manifest"
+            )
+        line = raw.decode("utf-8", "surrogateescape")
+        if not line.strip():
+            continue
+        try:
+            digest, key = parse_line(line)
+        except ValueError as exc:
+            raise ValueError(f"{where}:{number}: {exc}") from None
+        digests[key] = digest
     return digests
 
 
