@@ -1,4 +1,4 @@
-"""softcopy against `cp -r` and `rsync -a` on the same archives, in one run.
+"""softcopy against `cp -r`, `rsync -a` (and `rclone`, the original softcopy) in one run.
 
 Two archives written by the simulator (tensorstore, zarr v3, uncompressed):
 "small": ~20,000 chunk files of 64 KiB; "large": 100 shards... files of 16 MiB.
@@ -13,6 +13,15 @@ is what dominates small chunks.
 `--baseline DIR` adds a column for the softcopy in DIR (a checkout of another
 commit, e.g. from `git worktree add /tmp/base HEAD~1`), run with the same
 interpreter, so a change is measured against its parent in the same run.
+
+`--original PROGRAM` adds the original softcopy (0.0.x on the package index, also
+named `softcopy`, so installed in a venv of its own, never the project's):
+
+    python -m venv /tmp/original && /tmp/original/bin/pip install softcopy==0.0.13
+    python benchmarks/compare.py --original /tmp/original/bin/softcopy
+
+run as `softcopy SRC DST --nprocs 8 --sleep-time 0`. `rclone copy` is a column when
+rclone is installed (`apt-get install rclone`).
 """
 
 from __future__ import annotations
@@ -38,10 +47,23 @@ def build(path: Path, kind: str, small_files: int) -> None:
         # (t, 1, 2048, 4096) uint16, one chunk per timepoint: 16 MiB per file
         timepoints, shape, chunks = 100, "1,2048,4096", "1,2048,4096"
     subprocess.run(
-        [*SOFTCOPY, "simulate", str(path), "--timepoints", str(timepoints), "--interval", "0",
-         "--shape", shape, "--chunks", chunks, "--no-compress"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            *SOFTCOPY,
+            "simulate",
+            str(path),
+            "--timepoints",
+            str(timepoints),
+            "--interval",
+            "0",
+            "--shape",
+            shape,
+            "--chunks",
+            chunks,
+            "--no-compress",
+        ],
+        check=True,
+        capture_output=True,
+    )
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
@@ -60,6 +82,9 @@ def main() -> None:
     parser.add_argument("--only", choices=["small", "large"])
     parser.add_argument("--extra", default="", help="more softcopy options, e.g. '--hash'")
     parser.add_argument("--baseline", type=Path, help="a checkout of softcopy to compare with")
+    parser.add_argument(
+        "--original", type=Path, help="the original softcopy's program (in its own venv)"
+    )
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="softcopy-compare-"))
     env = {**os.environ, "XDG_STATE_HOME": str(base / "state")}
@@ -77,13 +102,38 @@ def main() -> None:
             size = sum(p.stat().st_size for p in files)
             print(f"\n{kind}: {len(files)} files, {size / 1e6:.0f} MB")
             tools = {
-                name: lambda d, s=src: [*SOFTCOPY, "copy", str(s), str(d), "--nprocs",
-                                        str(args.nprocs), *args.extra.split()]
+                name: lambda d, s=src: [
+                    *SOFTCOPY,
+                    "copy",
+                    str(s),
+                    str(d),
+                    "--nprocs",
+                    str(args.nprocs),
+                    *args.extra.split(),
+                ]
                 for name in envs
             } | {
                 "cp -r": lambda d, s=src: ["cp", "-r", str(s), str(d)],
                 "rsync -a": lambda d, s=src: ["rsync", "-a", f"{s}/", str(d)],
-            }  # fmt: skip
+                "rclone copy": lambda d, s=src: [
+                    "rclone",
+                    "copy",
+                    "--transfers",
+                    str(args.nprocs),
+                    str(s),
+                    str(d),
+                ],
+            }
+            if args.original:
+                tools["original"] = lambda d, s=src: [
+                    str(args.original),
+                    str(s),
+                    str(d),
+                    "--nprocs",
+                    "8",
+                    "--sleep-time",
+                    "0",
+                ]
             # A tool this machine lacks is left out, and said so, rather than fail the run.
             for name in [n for n in tools if n != "cp -r" and " " in n]:
                 if shutil.which(name.split()[0]) is None:

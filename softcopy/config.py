@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from .errors import ConfigError
+from .errors import ConfigError, SoftcopyError
 from .inputs import read_input
-from .options import OPTIONS, parse_options, target_class
+from .options import COMMAND_LINE, OPTIONS, parse_options, target_class
 from .presets import apply_preset
 from .state.records import records_dir
+
+if TYPE_CHECKING:  # yaml is imported only to read a targets file
+    import yaml
 
 # One field per row of options.OPTIONS, with its default: the table is the only place an
 # option is declared.
@@ -23,16 +26,110 @@ TargetConfig = target_class(OPTIONS, __name__)
 def make_target(source: Any, destination: Any, options: dict[str, Any], where: str) -> TargetConfig:
     for field_name, value in (("source", source), ("destination", destination)):
         if not isinstance(value, str | os.PathLike) or not str(value):
-            raise ConfigError(f"{where}.{field_name}", "read target", "a path is required")
+            raise ConfigError(_field_place(where, field_name), "read target", "a path is required")
+        check_local(str(value), field_name)
     src = Path(os.path.abspath(os.path.expanduser(source)))
     dst = Path(os.path.abspath(os.path.expanduser(destination)))
     check_paths(src, dst)  # errors name the paths as the user wrote them
+    problem = unrelated_destination(src, dst)
+    if problem is not None:
+        raise ConfigError(dst, "copy to destination", problem)
+    preset_where = "on the command line" if where == COMMAND_LINE else where
     # Links in the paths the user gave are resolved once, here: everything below is
     # then opened without following a link, and one directory has one name.
     return TargetConfig(
         Path(os.path.realpath(src)),
         Path(os.path.realpath(dst)),
-        **parse_options(apply_preset(options, where), where),
+        **parse_options(apply_preset(options, preset_where), where),
+    )
+
+
+def _field_place(where: str, field_name: str) -> str:
+    return field_name.upper() if where == COMMAND_LINE else f"{where}.{field_name}"
+
+
+# ---- remote-looking paths ------------------------------------------------------------------
+
+# URL schemes people copy to; issue 13 makes s3 a destination (then it leaves this list for
+# a sink). A path object has folded "s3://b" into "s3:/b", so the scheme is told by name.
+UNSUPPORTED_SCHEMES = frozenset(
+    {"s3", "gs", "gcs", "az", "azure", "abfs", "http", "https", "ftp", "ftps", "sftp", "ssh",
+     "scp", "rsync", "smb", "cifs", "nfs", "hdfs", "webdav", "dav", "file", "b2", "swift"}
+)  # fmt: skip
+
+
+def remote_problem(text: str, field_name: str = "destination") -> str | None:
+    """What is wrong with a path that looks remote, as rsync and rclone read it: a colon
+    before the first slash (host:/path, user@host:path, remote:path, s3://bucket)."""
+    head, colon, rest = text.partition(":")
+    if not colon or (not head and not rest) or "/" in head:
+        return None
+    scheme = head.lower()
+    if scheme in UNSUPPORTED_SCHEMES and rest.startswith("/"):
+        kind = (
+            f"a URL ({scheme}://{rest.lstrip('/')}): {scheme}:// {field_name}s are not "
+            "supported yet; give a local or mounted folder"
+        )
+    else:
+        kind = (
+            "a remote location (HOST:PATH, as rsync and scp write it, or an rclone remote): "
+            "softcopy copies between local or mounted folders only; mount it and give its "
+            "local path"
+        )
+    return (
+        f"it looks like {kind}. For a local folder whose name has a colon, put a slash "
+        f"before the colon: ./{text}, or an absolute path"
+    )
+
+
+def check_local(text: str, field_name: str) -> None:
+    """Refuse a path that looks remote; the error names it as typed."""
+    problem = remote_problem(text, field_name)
+    if problem is not None:
+        action = "copy to destination" if field_name == "destination" else "copy source"
+        raise ConfigError(text, action, problem)
+
+
+# ---- a destination that is not a copy of the source -----------------------------------------
+
+# Names no copy is judged by: what mkfs puts at a fresh filesystem's root.
+_NOT_EVIDENCE = frozenset({"lost+found"})
+
+
+def _names(path: Path) -> set[str] | None:
+    try:
+        with os.scandir(path) as entries:
+            return {e.name for e in entries}
+    except OSError:
+        return None  # missing, not a directory, unreadable: the checks that follow say so
+
+
+def unrelated_destination(src: Path, dst: Path) -> str | None:
+    """The problem with a destination that cannot be a copy of src, or None.
+
+    `softcopy copy SRC DEST/` out of `cp -r` habit names the folder to copy *into*: it
+    exists, holds other things, and softcopy never made it (no target.json beside it).
+    Unrelated means none of its top-level names is in the source: a partial copy of this
+    source (by cp, rsync, an older softcopy) shares names with it, and is resumed.
+    """
+    there = _names(dst)
+    if not there or not there - _NOT_EVIDENCE:
+        return None
+    records = records_dir(dst)
+    if os.path.islink(records) or os.path.lexists(records / "target.json"):
+        return None  # softcopy's (or a planted link): claim and the records decide
+    here = _names(src)
+    if here is None or there & here:
+        return None
+    shown = ", ".join(sorted(there - _NOT_EVIDENCE)[:3])
+    more = len(there - _NOT_EVIDENCE) - 3
+    if more > 0:
+        shown += f" and {more} more"
+    return (
+        f"it is an existing folder holding other things ({shown}), none of them in the "
+        f"source {src}, and softcopy did not make it (no {records.name}/target.json beside "
+        "it); DESTINATION is the copy itself, not the folder to copy into (as with "
+        f"`cp -r SRC DEST/`): to copy into it, give {dst / src.name}"
     )
 
 
@@ -101,9 +198,90 @@ def check_paths(src: Path, dst: Path) -> None:
 # A targets file is a few KiB; anything this large is a mistake, not a file to parse.
 MAX_TARGETS_FILE = 4 << 20
 
+_TOP_LEVEL = ("targets", "watch", "defaults")
+_SHAPE = "expected a mapping with a non-empty 'targets' list (or a 'watch' list of roots)"
 
-def read_targets_file(path: Path) -> dict[str, Any]:
-    """A targets file's document: `targets:` and/or `watch:` lists, optional `defaults:`."""
+Lines = dict[tuple, int]  # a key's or an item's path in the document -> its line (1-based)
+
+
+class ConfigErrors(ConfigError):
+    """Every error of one input at once: the command prints `errors` one paragraph each;
+    as text (a --json error event), they are blank-line separated."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        first = errors[0]
+        super().__init__(first.path, first.action, first.problem)
+        self.errors = errors
+
+    def __str__(self) -> str:
+        return "\n\n".join(SoftcopyError.__str__(e) for e in self.errors)
+
+
+def raise_all(errors: list[ConfigError]) -> None:
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
+
+
+def _line_map(root: yaml.Node | None) -> Lines:
+    """Where each mapping key and list item starts, by its path (yaml's node marks)."""
+    import yaml
+
+    lines: Lines = {}
+    seen: set[int] = set()  # an alias is the node it names: each node once (no bombs)
+    stack: list[tuple[yaml.Node, tuple]] = [(root, ())] if root is not None else []
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    lines.setdefault((*path, key.value), key.start_mark.line + 1)
+                    stack.append((value, (*path, key.value)))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines.setdefault((*path, i), item.start_mark.line + 1)
+                stack.append((item, (*path, i)))
+    return lines
+
+
+def _parse_yaml(path: Path, text: str) -> tuple[Any, Lines]:
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        doc = loader.construct_document(root) if root is not None else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, "parse targets file", f"not valid YAML: {exc}") from exc
+    finally:
+        loader.dispose()
+    return doc, _line_map(root)
+
+
+def _at(path: Path, lines: Lines, *keys: Any) -> str:
+    """`file:line` of the innermost of keys the file places (the file alone if none)."""
+    for n in range(len(keys), 0, -1):
+        line = lines.get(tuple(keys[:n]))
+        if line is not None:
+            return f"{path}:{line}"
+    return str(path)
+
+
+def read_targets_document(path: Path) -> tuple[dict[str, Any], Lines]:
+    """A targets file's document and the line of each of its keys; its shape checked, every
+    problem of the shape reported at once."""
+    doc, lines, errors = _read_document(path)
+    raise_all(errors)
+    return doc, lines
+
+
+def _read_document(path: Path) -> tuple[dict[str, Any], Lines, list[ConfigError]]:
+    """The document, its lines, and what is wrong with its shape that does not stop the
+    rest from being read (an unknown key, bad defaults); what does stop it raises."""
     data = read_input(path, "read targets file", MAX_TARGETS_FILE, "targets file")
     try:
         text = data.decode("utf-8")
@@ -114,29 +292,47 @@ def read_targets_file(path: Path) -> dict[str, Any]:
             f"it is not UTF-8 text (byte {exc.start} is {data[exc.start : exc.start + 1]!r}); "
             "save it as UTF-8",
         ) from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, "parse targets file", f"not valid YAML: {exc}") from exc
-    lists = [k for k in ("targets", "watch") if isinstance(doc, dict) and k in doc]
-    if (
-        not isinstance(doc, dict)
-        or not lists
-        or not all(isinstance(doc[k], list) for k in lists)
-        or not any(doc[k] for k in lists)
-    ):
+    doc, lines = _parse_yaml(path, text)
+    if not isinstance(doc, dict):
         raise ConfigError(
             path,
             "read targets file",
             "expected a mapping with a non-empty 'targets' list (or a 'watch' list of roots)",
         )
-    unknown = set(doc) - {"targets", "watch", "defaults"}
-    if unknown:
-        raise ConfigError(path, "read targets file", f"unknown top-level keys: {sorted(unknown)}")
-    defaults = doc.get("defaults") or {}
-    if not isinstance(defaults, dict):
-        raise ConfigError(f"{path}: defaults", "read targets file", "expected a mapping")
-    return doc
+    errors: list[ConfigError] = []
+    unknown: list[ConfigError] = []
+    for key in doc:
+        if key not in _TOP_LEVEL:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), _TOP_LEVEL, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            unknown.append(ConfigError(
+                f"{_at(path, lines, str(key))}: {key}", "read targets file",
+                f"unknown top-level key{hint} (known: {', '.join(_TOP_LEVEL)})",
+            ))  # fmt: skip
+    lists = [k for k in ("targets", "watch") if k in doc]
+    for key in lists:
+        if not isinstance(doc[key], list):
+            errors.append(ConfigError(
+                f"{_at(path, lines, key)}: {key}", "read targets file",
+                f"it is not a list: {_SHAPE}",
+            ))  # fmt: skip
+    if not errors and not any(doc[k] for k in lists) and not unknown:
+        errors.append(ConfigError(path, "read targets file", _SHAPE))
+    if errors:  # without the lists' shape, nothing below can be read
+        raise_all(unknown + errors)
+    if not isinstance(doc.get("defaults") or {}, dict):
+        errors.append(ConfigError(
+            f"{_at(path, lines, 'defaults')}: defaults", "read targets file", "expected a mapping"
+        ))  # fmt: skip
+        doc = {**doc, "defaults": {}}
+    return doc, lines, unknown + errors
+
+
+def read_targets_file(path: Path) -> dict[str, Any]:
+    """A targets file's document: `targets:` and/or `watch:` lists, optional `defaults:`."""
+    return read_targets_document(path)[0]
 
 
 def file_path(path: Path, value: Any) -> Any:
@@ -148,23 +344,70 @@ def file_path(path: Path, value: Any) -> Any:
 
 
 def load_targets(path: Path, overrides: dict[str, Any] | None = None) -> list[TargetConfig]:
-    """Read a targets file's `targets: [{source, destination, ...}]`, with its `defaults:`."""
-    doc = read_targets_file(path)
-    base = parse_options(doc.get("defaults") or {}, f"{path}: defaults")
+    """Read a targets file's `targets: [{source, destination, ...}]`, with its `defaults:`.
+
+    Every error in it is reported at once, each with its line, before anything starts.
+    """
+    doc, lines, errors = _read_document(path)
+    base = parse_options(
+        doc.get("defaults") or {},
+        f"{path}: defaults",
+        place=_key_place(path, lines, ("defaults",), "defaults"),
+        errors=errors,
+    )
     targets: list[TargetConfig] = []
     for i, entry in enumerate(doc.get("targets") or []):
-        where = f"{path}: targets[{i}]"
+        where = f"{_at(path, lines, 'targets', i)}: targets[{i}]"
         if not isinstance(entry, dict):
-            raise ConfigError(
+            errors.append(ConfigError(
                 where, "read target", "expected a mapping with source and destination"
-            )
+            ))  # fmt: skip
+            continue
         entry = dict(entry)
-        source = file_path(path, entry.pop("source", None))
-        destination = file_path(path, entry.pop("destination", None))
-        options = {**base, **parse_options(entry, where), **(overrides or {})}
-        targets.append(make_target(source, destination, options, where))
+        raw = {k: entry.pop(k, None) for k in ("source", "destination")}
+        count = len(errors)
+        for k, value in raw.items():
+            if isinstance(value, str) and remote_problem(value, k):
+                action = "copy to destination" if k == "destination" else "copy source"
+                here = f"{_at(path, lines, 'targets', i, k)}: targets[{i}].{k} {value}"
+                errors.append(ConfigError(here, action, str(remote_problem(value, k))))
+        own = parse_options(
+            entry,
+            where,
+            place=_key_place(path, lines, ("targets", i), f"targets[{i}]"),
+            also=raw,
+            errors=errors,
+        )
+        if len(errors) > count:
+            continue
+        options = {**base, **own, **(overrides or {})}
+        try:
+            targets.append(make_target(
+                file_path(path, raw["source"]), file_path(path, raw["destination"]), options,
+                where,
+            ))  # fmt: skip
+        except ConfigError as exc:
+            errors.append(exc if where in exc.path else _placed(exc, where))
+    raise_all(sorted(errors, key=lambda e: _line_of(path, e)))
     _check_distinct(path, targets)
     return targets
+
+
+def _line_of(path: Path, error: ConfigError) -> float:
+    """The line an error names (`file:7: ...`), for reading them in the file's order."""
+    head = f"{path}:"
+    number = error.path[len(head) :].partition(":")[0] if error.path.startswith(head) else ""
+    return int(number) if number.isdigit() else math.inf
+
+
+def _key_place(path: Path, lines: Lines, keys: tuple, label: str) -> Callable[[str], str]:
+    """Names an option of the mapping at `keys` by the line of its key: file:7: targets[1].x"""
+    return lambda name: f"{_at(path, lines, *keys, name)}: {label}.{name}"
+
+
+def _placed(exc: ConfigError, where: str) -> ConfigError:
+    """An error about a target's paths, told which entry of the file gave them."""
+    return ConfigError(exc.path, exc.action, f"{exc.problem} (from {where})")
 
 
 def _check_distinct(path: Path, targets: list[TargetConfig]) -> None:

@@ -211,6 +211,15 @@ OPTIONS: tuple[Option, ...] = (
         5.0,
         "Finish once every expected chunk exists and nothing changed for this long [5].",
     ),
+    # A finished archive with fill-value holes and no marker never settles: old enough
+    # when softcopy starts, it counts as finished (a guessed end, never safe to free).
+    Option(
+        "finished_after",
+        number(0),
+        3600.0,
+        "A source unchanged for this many seconds when the copy starts counts as finished "
+        "(a guessed end); 0 turns it off [3600].",
+    ),
     Option(
         "scan_interval",
         number(0.1),
@@ -339,8 +348,18 @@ OPTIONS: tuple[Option, ...] = (
         "trust_guessed_end",
         SWITCH,
         False,
-        "Let a guessed end (settle, --idle-timeout) count as proven in the certificate's "
+        "Let a guessed end (settle, --idle-timeout, --finished-after) count as proven in the "
+        "certificate's "
         "safe_to_free [no: only a marker or sentinel proves it].",
+    ),
+    # One event per file copied, re-copied, deleted (and, with --dry-run, planned) in the
+    # --json stream; the run log in DEST.softcopy/log.jsonl has them either way.
+    Option(
+        "file_events",
+        SWITCH,
+        False,
+        "With --json: an event per file copied, re-copied or deleted (with --dry-run: per "
+        "file planned) [no].",
     ),
     # Targets-file only:
     Option("max_attempts", WHOLE, 5),
@@ -392,20 +411,60 @@ def check_value(name: str, value: Any, table: Iterable[Option] = OPTIONS) -> Any
     return {o.name: o for o in table}[name].kind.check(value)
 
 
+# Where an option error comes from when the user typed it as a flag: named by the flag.
+COMMAND_LINE = "command line"
+
+
 def parse_options(
-    options: dict[str, Any], where: str, table: Sequence[Option] = OPTIONS
+    options: dict[str, Any],
+    where: str,
+    table: Sequence[Option] = OPTIONS,
+    *,
+    place: Callable[[str], str] | None = None,
+    also: Iterable[str] = (),
+    errors: list[ConfigError] | None = None,
 ) -> dict[str, Any]:
-    """Validate per-target options; `where` names the place for error messages."""
+    """Validate per-target options; `where` names the place for error messages.
+
+    `place` names one option's place instead (a targets file's line); `also` are other keys
+    valid beside the options (source, destination), offered for a misspelt key. With
+    `errors`, every bad option is appended there and the good ones are returned; without,
+    the first raises.
+    """
     rows = {o.name: o for o in table}
     parsed: dict[str, Any] = {}
     for name, value in options.items():
-        here = f"{where}.{name}"
+        here = place(name) if place else option_place(where, name, rows)
         row = rows.get(name)
-        if row is None:
-            known = ", ".join(sorted(rows))
-            raise ConfigError(here, "read option", f"unknown option (known: {known})")
         try:
-            parsed[name] = row.kind.check(value)
-        except ValueError as exc:
-            raise ConfigError(here, "read option", str(exc)) from None
+            if row is None:
+                raise ConfigError(here, "read option", unknown_key(name, [*rows, *also]))
+            try:
+                parsed[name] = row.kind.check(value)
+            except ValueError as exc:
+                raise ConfigError(here, "read option", str(exc)) from None
+        except ConfigError as exc:
+            if errors is None:
+                raise
+            errors.append(exc)
     return parsed
+
+
+def option_place(where: str, name: str, rows: dict[str, Option]) -> str:
+    """`--max-rate` for the command line (what was typed), `where.max_rate` elsewhere."""
+    if where != COMMAND_LINE:
+        return f"{where}.{name}"
+    row = rows.get(name)
+    flag = row.declarations[0] if row else f"--{name.replace('_', '-')}"
+    return flag.split("/")[0]
+
+
+def unknown_key(name: object, known: Iterable[str]) -> str:
+    """The problem with a key nothing knows, with the nearest known one when it is close."""
+    import difflib
+
+    known = sorted(set(known))
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+    if close:  # the whole list would bury the one name that matters
+        return f"unknown option {str(name)!r}; did you mean {close[0]!r}?"
+    return f"unknown option {str(name)!r} (known: {', '.join(known)})"

@@ -12,6 +12,11 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} PB"
 
 
+def counted(n: int, noun: str, plural: str = "") -> str:
+    """'1 file', '2 files', '0 files': a count with its noun, as people write it."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 _RATE_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
 
 

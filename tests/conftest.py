@@ -48,6 +48,19 @@ def _private_state_dir(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _test_process_priority_unchanged():
+    """A supervisor run in-process lowers its thread's priority; in pytest's main thread,
+    every later test's processes would inherit it (and priority tests would fail far from
+    the cause). Such a test fails here, and the priority is put back."""
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    yield
+    after = os.getpriority(os.PRIO_PROCESS, 0)
+    if after != before:
+        os.setpriority(os.PRIO_PROCESS, 0, before)
+        pytest.fail(f"the test left pytest's main thread at nice {after} (was {before})")
+
+
+@pytest.fixture(autouse=True)
 def _no_leftover_processes():
     yield
     while _started:

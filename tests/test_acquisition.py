@@ -279,6 +279,9 @@ def test_foreign_destination_extras_are_reported_not_deleted(tmp_path: Path) -> 
     simulate(src, SMALL)
     dst.mkdir()
     (dst / "notes.txt").write_text("someone else's file")
+    # Beside a file of the source: a copy made by other means, not a folder to copy into.
+    meta = next(p for p in sorted(src.iterdir()) if p.is_file() and p.name != "complete")
+    (dst / meta.name).write_bytes(meta.read_bytes())
     for attempt in range(2):  # a second run must not take the destination for its own
         result = run_softcopy("copy", src, dst)
         assert result.returncode == 1, f"run {attempt}: {result.stderr}"

@@ -65,6 +65,10 @@ def test_a_failing_target_reports_findings_and_fails(tmp_path: Path) -> None:
     simulate(src, SMALL)
     dst.mkdir()
     (dst / "notes.txt").write_text("not from the source")  # a destination softcopy did not make
+    # ... holding a file of this source too: a copy made by other means, not a folder to
+    # copy into (which is refused before anything: tests/test_input_habits.py).
+    meta = next(p for p in sorted(src.iterdir()) if p.is_file() and p.name != "complete")
+    (dst / meta.name).write_bytes(meta.read_bytes())
     result = run_softcopy("copy", "--json", src, dst)
     assert result.returncode == 1, result.stderr
     events = events_of(result.stdout)

@@ -106,31 +106,31 @@ BAD_FILES = [
     ("[1, 2]\n", "t.yaml", "non-empty 'targets' list"),
     ("targets: []\n", "t.yaml", "non-empty 'targets' list"),
     ("targets: {source: a}\n", "t.yaml", "non-empty 'targets' list"),
-    ("target: [{source: a, destination: b}]\n", "t.yaml", "non-empty 'targets' list"),
+    ("target: [{source: a, destination: b}]\n", "t.yaml:1: target", "did you mean 'targets'?"),
     (
         "targets: [{source: a, destination: b}]\nextra: 1\n",
-        "t.yaml",
-        "unknown top-level keys: ['extra']",
+        "t.yaml:2: extra",
+        "unknown top-level key (known: targets, watch, defaults)",
     ),
-    ("defaults: [1]\ntargets: [{source: a, destination: b}]\n", "t.yaml: defaults", "mapping"),
+    ("defaults: [1]\ntargets: [{source: a, destination: b}]\n", "t.yaml:1: defaults", "mapping"),
     (
         "defaults: {nprocs: 0}\ntargets: [{source: a, destination: b}]\n",
-        "t.yaml: defaults.nprocs",
+        "t.yaml:1: defaults.nprocs",
         "0 is not a whole number >= 1",
     ),
     (
         "defaults: {speed: 3}\ntargets: [{source: a, destination: b}]\n",
-        "t.yaml: defaults.speed",
+        "t.yaml:1: defaults.speed",
         "unknown option",
     ),
-    ("targets: [{source: a, destination: b}, x]\n", "t.yaml: targets[1]", "expected a mapping"),
-    ("targets: [{destination: b}]\n", "t.yaml: targets[0].source", "a path is required"),
-    ("targets: [{source: a}]\n", "t.yaml: targets[0].destination", "a path is required"),
+    ("targets: [{source: a, destination: b}, x]\n", "t.yaml:1: targets[1]", "expected a mapping"),
+    ("targets: [{destination: b}]\n", "t.yaml:1: targets[0].source", "a path is required"),
+    ("targets: [{source: a}]\n", "t.yaml:1: targets[0].destination", "a path is required"),
     ("targets: [{source: '', destination: b}]\n", "targets[0].source", "a path is required"),
     ("targets: [{source: 7, destination: b}]\n", "targets[0].source", "a path is required"),
     (
         "targets: [{source: a, destination: b}, {source: c, destination: d, nprocs: 0}]\n",
-        "t.yaml: targets[1].nprocs",
+        "t.yaml:1: targets[1].nprocs",
         "0 is not a whole number >= 1",
     ),
     ("targets: [{source: a, destination: b, nprocs: 2.5}]\n", "targets[0].nprocs", "whole number"),
@@ -163,10 +163,18 @@ def test_every_error_names_the_place(base: Path, text: str, place: str, problem:
 
 
 def test_unknown_option_lists_the_known_ones(base: Path) -> None:
+    targets = write(base / "t.yaml", "targets: [{source: a, destination: b, colour: 2}]\n")
+    with pytest.raises(ConfigError, match=r"targets\[0\]\.colour: unknown option") as info:
+        load_targets(targets)
+    assert "nprocs" in info.value.problem and "settle" in info.value.problem
+
+
+def test_a_misspelt_option_gets_the_nearest_name_alone(base: Path) -> None:
     targets = write(base / "t.yaml", "targets: [{source: a, destination: b, nproc: 2}]\n")
     with pytest.raises(ConfigError, match=r"targets\[0\]\.nproc: unknown option") as info:
         load_targets(targets)
-    assert "nprocs" in info.value.problem and "settle" in info.value.problem
+    assert "did you mean 'nprocs'?" in info.value.problem
+    assert "settle" not in info.value.problem  # the whole list would bury it
 
 
 def test_missing_and_malformed_files(base: Path) -> None:

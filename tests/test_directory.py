@@ -213,7 +213,9 @@ def test_a_source_that_vanishes_mid_copy_fails_and_the_copy_keeps_its_files(
         src.mkdir()
     rc, _, err = finish(proc)
     assert rc == 1, err
-    assert ("vanished" if how == "deleted" else "was replaced") in err, err
+    # Made again: the engine may look between the rename and the mkdir, and see it gone.
+    said = ("vanished",) if how == "deleted" else ("was replaced", "vanished")
+    assert any(s in err for s in said), err
     assert sorted(p.name for p in dst.glob("f*.bin")) == [f"f{i}.bin" for i in range(5)]
     for i in range(5):
         assert (dst / f"f{i}.bin").read_bytes() == (aside / f"f{i}.bin").read_bytes()

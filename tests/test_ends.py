@@ -136,9 +136,19 @@ def test_a_busy_disk_never_stops_the_copy_for_good(tmp_path: Path, loop_source: 
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
         reader.start()
-        # No marker yet: the run cannot end before the disk is seen busy.
-        wait_for(lambda: any("pausing copiers" in line for line in lines), what="a pause",
-                 proc=proc)  # fmt: skip
+        # No marker yet: the run cannot end before the disk is seen busy. Only copying
+        # waits for a busy disk: keep giving it something to copy until it pauses.
+        # At most two files waiting at a time: each pending file costs a trickle batch
+        # (one every few seconds) once the pause came.
+        work = iter(range(10**6))
+
+        def paused() -> bool:
+            waiting = [p for p in src.glob("work-*.txt") if not (dst / p.name).exists()]
+            if len(waiting) < 2:
+                (src / f"work-{next(work)}.txt").write_text("more")
+            return any("pausing copiers" in line for line in lines)
+
+        wait_for(paused, what="a pause", proc=proc)
         # Work that arrives while paused, then the end: it must be copied anyway.
         for i in range(3):
             (src / f"notes-{i}.txt").write_text(f"note {i}")

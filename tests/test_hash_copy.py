@@ -92,6 +92,9 @@ def test_no_certificate_when_verification_failed(tmp_path: Path) -> None:
     simulate(src, SMALL)
     dst.mkdir()
     (dst / "notes.txt").write_text("someone else's file")  # foreign: never deleted
+    # Beside a file of the source: a copy made by other means, not a folder to copy into.
+    meta = next(p for p in sorted(src.iterdir()) if p.is_file() and p.name != "complete")
+    (dst / meta.name).write_bytes(meta.read_bytes())
     result = run_softcopy("copy", "--hash", src, dst)
     assert result.returncode == 1, result.stderr
     assert "  extra: notes.txt (in the destination, not in the source)" in result.stdout

@@ -415,3 +415,113 @@ def test_source_totals_count_files_not_copies() -> None:
     ledger.observe("c/0", v(3))  # rewritten: copied once, not current any more
     ledger.set_copied("c/0", v(3))  # and copied again: still one file
     assert ledger.source_totals() == (3, 2 + 3 + 2, 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cases=st.lists(
+        st.tuples(
+            st.integers(0, 63),  # chunk index of a 64-cell (dense) or 10^6-cell (sparse) grid
+            st.sampled_from(["same", "other_size", "other_mtime", "old_record", "no_record"]),
+            st.booleans(),  # the source holds the file
+            st.sampled_from(["", "ab" * 32]),  # the journal's digest
+        ),
+        unique_by=lambda c: c[0],
+        max_size=40,
+    ),
+    sparse=st.booleans(),
+    batch=st.sampled_from([1, 3, 8192]),
+)
+def test_bulk_trust_decides_as_plan_decide_does(
+    cases: list[tuple], sparse: bool, batch: int
+) -> None:
+    """`trust_journaled` (a rerun's vectorised start) trusts exactly the keys for which
+    `plan.decide` says TRUST, records their digests, and hands every other key back."""
+    from softcopy.engine.plan import TRUST, decide
+
+    grid = [1000, 1000] if sparse else [8, 8]
+    bulk, single = Ledger(), Ledger()
+    there: list[tuple[str, Version]] = []
+    journaled: dict[str, tuple[Version, str]] = {}
+    for ledger in (bulk, single):
+        ledger.set_layout(layout(grid, [1, 1]))
+    for i, kind, present, digest in cases:
+        key = f"c/{i // 8}/{i % 8}"
+        here = Version(10 + i, 1000 + i, 5000 + i, 7000 + i)
+        if present:
+            bulk.observe(key, here)
+            single.observe(key, here)
+        dst = {
+            "other_size": Version(here.size + 1, here.mtime_ns, 1, 1),
+            "other_mtime": Version(here.size, here.mtime_ns + 1, 1, 1),
+        }.get(kind, Version(here.size, here.mtime_ns, 1, 1))
+        there.append((key, dst))
+        if kind == "old_record":
+            journaled[key] = (here._replace(ino=1), digest)
+        elif kind != "no_record":
+            journaled[key] = (here, digest)
+    there.append(("zarr.json", Version(1, 1, 1, 1)))  # not a chunk: always handed back
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ledger_module, "_TRUST_BATCH", batch)
+        trusted, rest = bulk.trust_journaled(there, journaled)
+    expected_rest = []
+    for key, dst in there:
+        here = single.source(key)
+        if key != "zarr.json" and decide(here, dst, journaled.get(key), True) == TRUST:
+            single.set_copied(key, here, journaled[key][1])
+        else:
+            expected_rest.append((key, dst))
+    assert sorted(rest) == sorted(expected_rest)
+    assert trusted == len(there) - len(rest)
+    for key, _ in there:
+        assert bulk.copied(key) == single.copied(key), key
+        assert bulk.needs_work(key) == single.needs_work(key), key
+    assert bulk.digests() == single.digests()
+
+
+def v2_layout(shape: list[int], chunks: list[int], path: str):
+    meta = {
+        "zarr_format": 2,
+        "shape": shape,
+        "chunks": chunks,
+        "dtype": "<u2",
+        "compressor": None,
+        "fill_value": 0,
+        "order": "C",
+        "filters": None,
+    }
+    return parse_array_metadata(meta, path, ".zarray")
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    listing=st.lists(
+        st.sampled_from(
+            # Two "/" arrays whose last axes differ (4 and 2): "3" is a chunk only in `a`;
+            # a "." array; names that are no chunk (01, +1, out of range); plain files.
+            [f"a/c/{i}/{j}" for i in range(3) for j in range(5)]
+            + [f"b/c/{i}/{j}" for i in range(2) for j in range(4)]
+            + [f"v2/{i}.{j}" for i in range(2) for j in range(3)]
+            + ["a/c/01/1", "a/c/0/01", "a/c/0/+1", "b/c/0/99", "a/zarr.json", "log.txt", "v2/x"]
+        ),
+        max_size=60,
+    ),
+)
+def test_observe_many_agrees_with_observe(listing: list[str]) -> None:
+    """The inlined, memoised lookup of a listing puts every key where `observe` puts it,
+    whatever order the keys come in (directories interleaved, arrays alternating)."""
+    bulk, single = Ledger(), Ledger()
+    for ledger in (bulk, single):
+        ledger.set_layout(layout([3, 4], [1, 1], "a"))
+        ledger.set_layout(layout([2, 2], [1, 1], "b"))
+        ledger.set_layout(v2_layout([2, 2], [1, 1], "v2"))
+    items = [(k, Version(n + 1, n, n, n)) for n, k in enumerate(listing)]
+    changed = bulk.observe_many(items)
+    expected = [k for k, version in items if single.observe(k, version)]
+    assert sorted(changed) == sorted(expected)
+    assert set(bulk.other) == set(single.other)
+    for key, _ in items:
+        assert bulk.source(key) == single.source(key), key
+        a, b = bulk.locate(key), single.locate(key)
+        assert (a is None) == (b is None) and (a is None or a[1] == b[1]), key  # type: ignore[index]
+    assert bulk.expected_counts() == single.expected_counts()

@@ -285,6 +285,7 @@ def test_findings_and_events_show_hostile_names_escaped(tmp_path: Path) -> None:
     _make(src, [b"data"])
     evil = [b"evil\x1b]0;pwned\x07\nforged: line", b"raw \xff"]
     _make(dst, evil)
+    _make(dst, [b"data"])  # the source's file too: a copy by other means, not a folder to fill
     result = run_softcopy(
         "copy", "--kind", "directory", "--idle-timeout", "0.5", "--ready-age", "0",
         "--no-progress", "--json", src, dst,

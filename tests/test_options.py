@@ -170,7 +170,7 @@ BAD_VALUES = [
     ("sentinels: 7", "defaults.sentinels: 7 is not a list of glob patterns"),
     ("state_dir: 7", "defaults.state_dir: 7 is not a directory path"),
     ("complete_marker: a/b", "defaults.complete_marker: 'a/b' is not a plain file name"),
-    ("speed: 3", "defaults.speed: unknown option (known: backoff, batch_size, busy_utilisation"),
+    ("speed: 3", "defaults.speed: unknown option 'speed' (known: backoff, batch_size, busy_"),
 ]
 
 
@@ -210,7 +210,7 @@ def test_a_bad_max_rate_for_copy_names_the_command_line(tmp_path: Path) -> None:
         main, ["copy", str(tmp_path / "a"), str(tmp_path / "b"), "--max-rate", "fast"]
     )
     assert result.exit_code == 2
-    assert "cannot read option command line.max_rate: 'fast' is not a rate" in result.output
+    assert "cannot read option --max-rate: 'fast' is not a rate" in result.output
     assert list(tmp_path.iterdir()) == []
 
 

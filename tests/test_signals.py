@@ -125,7 +125,9 @@ def test_ctrl_c_twice_aborts_promptly(unfinished: tuple[Path, Path]) -> None:
     # Two signals sent back to back may arrive as one: wait until the first was handled.
     wait_for(lambda: any("stopping" in line for line in lines), what="the first Ctrl-C")
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=20) == 1
+    rc = proc.wait(timeout=20)
+    reader.join(10)
+    assert rc == 1, "".join(lines)
     reader.join(10)
     err = "".join(lines)
     assert "Traceback" not in err

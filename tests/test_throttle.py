@@ -170,7 +170,16 @@ def test_copiers_pause_while_the_source_disk_is_busy(tmp_path: Path, loop_source
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
     reader.start()
-    wait_for(lambda: any("pausing copiers" in line for line in lines), what="a pause")
+    # Only copying waits for a busy disk: keep giving it something to copy until it pauses.
+    work = iter(range(10**6))
+
+    def paused() -> bool:
+        waiting = [p for p in src.glob("work-*.txt") if not (dst / p.name).exists()]
+        if len(waiting) < 2:  # a little work at a time, not thousands of files
+            (src / f"work-{next(work)}.txt").write_text("more")
+        return any("pausing copiers" in line for line in lines)
+
+    wait_for(paused, what="a pause")
     load.kill()
     load.wait()
     wait_for(lambda: any("resuming" in line for line in lines), what="the copiers to resume")

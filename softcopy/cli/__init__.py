@@ -1,50 +1,160 @@
-"""Command line: the `softcopy` group, logging, and one module per command."""
+"""Command line: the `softcopy` group, logging, and one module per command.
+
+The group imports a command's module only when that command runs or shows its help:
+`softcopy --help` and `--version` load click and this package's small modules, not the
+engine (numpy, zarr, the copiers).
+"""
 
 from __future__ import annotations
 
-import logging
-import sys
+import importlib
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 import click
 
 from .. import __version__
-from ..names import safe_text
-from . import copy, release, signals, simulate, status, verify, watch
+from . import legacy
+from .common import EXIT_CODES_HELP, add_logging_options, apply, logging_options, settings
 
 __all__ = ["entry", "main"]
 
+# name: (module under softcopy.cli, attribute, the short help `softcopy --help` shows).
+# tests/test_dropin.py checks each short help against the command's own.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "copy": ("copy", "copy", "Copy one zarr SOURCE to DESTINATION (the copy itself; created "
+             "if missing)."),
+    "run": ("copy", "run", "Copy every target of TARGETS_FILE in parallel, and watch each of "
+            "its `watch:` roots as `softcopy watch` does (see targets.example.yaml)."),
+    "watch": ("watch", "watch", "Copy every run that appears under SOURCE_ROOT to "
+              "DESTINATION_ROOT, one copy per run (the same engine, options and promises as "
+              "`copy`), until stopped."),
+    "retry": ("watch", "retry", "Put the failed RUN (its path under the source root, or its "
+              "source) back in the queue of the watcher that found it: it is copied again, "
+              "with fresh attempts."),
+    "release": ("release", "release", "Free the source of the finished copy at DESTINATION "
+                "when provably safe."),
+    "verify": ("verify", "verify", "Check a copy: `verify SOURCE DESTINATION`, or `verify "
+               "DESTINATION` against its records."),
+    "status": ("status", "status", "Runs (of `watch`) and targets in the journal: state, "
+               "files and bytes, failures, hooks, last activity."),
+    "forget": ("status", "forget", "Remove one target or run from the journal (not a running "
+               "one)."),
+    "simulate": ("simulate", "simulate", "Write a zarr archive with tensorstore the way a "
+                 "microscope does (for demos and tests)."),
+    "demo": ("simulate", "demo", "Simulate an acquisition, copy it live, verify, and print "
+             "a summary."),
+}  # fmt: skip
 
-@click.group(epilog=copy.EXIT_CODES_HELP)
+
+class _Commands(MutableMapping):
+    """The group's `commands`: every name is there at once, each command is imported on
+    first use. `add_command` still works, for commands registered the eager way."""
+
+    def __init__(self, lazy: dict[str, tuple[str, str, str]]) -> None:
+        self.lazy = lazy
+        self.loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self.loaded:
+            if name not in self.lazy:
+                raise KeyError(name)
+            module, attribute, _ = self.lazy[name]
+            found = getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+            self.loaded[name] = add_logging_options(found)
+        return self.loaded[name]
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self.loaded[name] = add_logging_options(command)
+
+    def __delitem__(self, name: str) -> None:
+        self.loaded.pop(name, None)
+        self.lazy.pop(name, None)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.loaded or name in self.lazy
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**dict.fromkeys(self.lazy), **dict.fromkeys(self.loaded)})
+
+    def __len__(self) -> int:
+        return len(set(self.lazy) | set(self.loaded))
+
+    def short_help(self, name: str) -> str | None:
+        """The listed text, without importing a command not loaded yet."""
+        if name not in self.loaded and self.lazy[name][2]:
+            return self.lazy[name][2]
+        return None
+
+
+class SoftcopyGroup(click.Group):
+    """Lazy commands; the original softcopy's forms; "No such command" for the rest."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = _Commands(dict(COMMANDS))  # type: ignore[assignment]
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not ctx.resilient_parsing:
+            modern = legacy.translate(args, self.commands, valued=("--log-file", "--log-level"))
+            if modern is not None:
+                click.echo(legacy.hint(modern), err=True)
+                if modern[0] == "run":
+                    legacy.check_relative_paths(_first_positional(self, ctx, modern))
+                args = modern
+        return super().parse_args(ctx, args)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = click.utils.make_str(args[0])
+        if name in self.commands or name.startswith("-") or ctx.resilient_parsing:
+            return super().resolve_command(ctx, args)
+        message = f"No such command {name!r}."
+        if legacy.looks_like_path(name):
+            message = (
+                f"No such command {name!r}, nor an existing file or directory (the original "
+                "softcopy's forms, TARGETS_FILE or SOURCE DEST, need it to exist, or "
+                "--wait-for-source true)."
+            )
+        raise click.NoSuchCommand(name, message, possibilities=list(self.commands), ctx=ctx)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        limit = formatter.width - 6 - max((len(n) for n in self.commands), default=0)
+        for name in self.list_commands(ctx):
+            text = self.commands.short_help(name)  # type: ignore[attr-defined]
+            if text is None:
+                command = self.get_command(ctx, name)
+                if command is None or command.hidden:
+                    continue
+                text = command.get_short_help_str(limit)
+            else:
+                text = click.utils.make_default_short_help(text, limit)
+            rows.append((name, text))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _first_positional(group: click.Group, ctx: click.Context, modern: list[str]) -> str:
+    rest = modern[1:]
+    index = legacy._positionals(rest, legacy._VALUED | {"--log-file", "--log-level"})
+    return rest[index[0]]
+
+
+@click.group(cls=SoftcopyGroup, epilog=EXIT_CODES_HELP, params=logging_options())
 @click.version_option(__version__, prog_name="softcopy")
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging and tracebacks.")
 @click.pass_context
-def main(ctx: click.Context, verbose: bool) -> None:
-    """Copy Zarr archives off the acquisition machine while they are being written."""
-    ctx.obj = {"verbose": verbose}
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _LineFormatter(
-            "%(asctime)s %(levelname)s %(name)s: %(message)s"
-            if verbose
-            else "softcopy: %(message)s"
-        )
-    )
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+def main(ctx: click.Context) -> None:
+    """Copy Zarr archives off the acquisition machine while they are being written.
 
-
-class _LineFormatter(logging.Formatter):
-    """Every log line is one printable line: a name in it (or in an error message that
-    quotes one) cannot break the line, move the cursor or fail to encode (names.safe_text).
-    A traceback (--verbose) is added after, as it is."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        return safe_text(super().formatMessage(record))
-
-
-# The modules keep their names here (a command's function would hide its module).
-for _command in (copy.copy, copy.run, watch.watch, watch.retry, release.release, verify.verify,
-                 status.status, simulate.simulate, simulate.demo):  # fmt: skip
-    main.add_command(_command)
+    \b
+    The original softcopy's forms still work, and say what the modern command is:
+      softcopy TARGETS_FILE      is  softcopy run TARGETS_FILE
+      softcopy SOURCE DEST       is  softcopy copy SOURCE DEST
+    """
+    apply(settings(ctx))
 
 
 def entry() -> None:
@@ -57,4 +167,6 @@ def entry() -> None:
     try:
         main(prog_name="softcopy")
     finally:
-        signals.block_stop_signals()
+        from .signals import block_stop_signals
+
+        block_stop_signals()

@@ -14,23 +14,18 @@ from ..engine.target import Summary
 from ..errors import EXIT_FAILED, EXIT_OK, SoftcopyError
 from ..names import safe_text
 from ..options import check_value, cli_values, click_options
-from .progress import Reporter, make_reporter
+from .common import EXIT_CODES_HELP, elapsed, settings, stats_lines, stats_wanted, want_stats
+from .progress import Reporter, make_reporter, verbose_asked
 from .render import plan_text, summary_lines
 from .signals import guarded, say, signals_to
-
-EXIT_CODES_HELP = """\b
-Exit codes:
-  0  every target copied and verified
-  1  a copy or verification failed, or the run was interrupted
-  2  usage or configuration error (bad option, targets file, source, metadata)"""
-
 
 # Options shared by `copy` and `run` (for `run` they override the targets file).
 _target_options = click_options()
 
 
 def _output_options(func: Callable) -> Callable:
-    """What `copy` and `run` show, and whether they write at all."""
+    """What `copy` and `run` show, and whether they write at all; rsync's short letters too
+    (-n, -P), and its --stats."""
     options = [
         click.option(
             "--json",
@@ -40,16 +35,28 @@ def _output_options(func: Callable) -> Callable:
             "human lines go to stderr.",
         ),
         click.option(
+            "-P",
             "--progress/--no-progress",
             default=None,
-            help="Live progress table on stderr [auto: on a terminal; otherwise a log line "
-            "per target every 10 s]. --progress forces the table, --no-progress shows neither.",
+            callback=_quiet_means_no_table,
+            help="Live progress table on stderr [auto: on a terminal, unless -q; otherwise a "
+            "log line per target every 10 s]. -P/--progress forces the table, --no-progress "
+            "shows neither.",
         ),
         click.option(
+            "-n",
             "--dry-run",
             is_flag=True,
             help="Show what would be copied, re-copied and deleted and whether it fits; "
             "write nothing.",
+        ),
+        click.option(
+            "--stats",
+            is_flag=True,
+            expose_value=False,
+            callback=want_stats,
+            help="At the end, a short block of numbers as rsync --stats prints: files and "
+            "bytes copied, deleted, already there; elapsed time and rate.",
         ),
     ]
     for option in reversed(options):
@@ -57,16 +64,24 @@ def _output_options(func: Callable) -> Callable:
     return func
 
 
+def _quiet_means_no_table(ctx: click.Context, param: click.Parameter, value: bool | None) -> Any:
+    # -q is an eager option, so it is known here, whether typed before or after the command.
+    if value is None and settings(ctx).get("quiet"):
+        return False
+    return value
+
+
 @click.command(epilog=EXIT_CODES_HELP)
-@click.argument("source", type=click.Path(path_type=Path))
-@click.argument("destination", type=click.Path(path_type=Path))
+# Text, not Path: a Path drops the "./" of "./host:dir", which says it is local (config.py).
+@click.argument("source", type=click.Path())
+@click.argument("destination", type=click.Path())
 @_target_options
 @_output_options
 @click.pass_context
 def copy(
     ctx: click.Context,
-    source: Path,
-    destination: Path,
+    source: str,
+    destination: str,
     as_json: bool,
     progress: bool | None,
     dry_run: bool,
@@ -223,7 +238,8 @@ def copy_all(
         result = end.result
         if isinstance(result, Summary):
             if dry_run and result.plan:  # the engine emitted it as a `plan` event too
-                say(plan_text(result.source, result.destination, result.plan), err=err)
+                listing = result.plan_files if verbose_asked() else None  # rsync -n -v
+                say(plan_text(result.source, result.destination, result.plan, listing), err=err)
                 codes.append(EXIT_OK if result.plan.get("fits") else EXIT_FAILED)
                 continue
             for text, to_stderr in summary_lines(result, err):
@@ -244,6 +260,10 @@ def copy_all(
             codes.append(result.exit_code)
         else:
             raise result
+    if stats_wanted():  # --stats: rsync's block, after every summary line
+        summaries = [e.result for e in finished if isinstance(e.result, Summary)]
+        for text in stats_lines([s for s in summaries if not s.plan], elapsed()):
+            say(text, err=err)
     if signals.received:
         # "Interrupted, run again to resume", whenever the signal came: a rerun of a copy
         # that had finished anyway finds it done.

@@ -38,6 +38,8 @@ REFRESH_PER_SECOND = 4.0
 _LAG_SHOWN_FOR = 10.0
 # Weight of the newest rate sample (one a second) in the smoothed rate.
 _RATE_WEIGHT = 0.5
+# States in which the source may still be written: an ETA then is the time to catch up.
+_ACQUIRING = ("waiting", "copying")
 
 
 # ---- formatting ------------------------------------------------------------------------
@@ -110,6 +112,9 @@ class TargetRow:
     paused: bool = False  # copiers held back while the source disk is busy
     files_done: int | None = None  # files the destination holds as the source has them
     files_at_source: int | None = None
+    bytes_at_source: int | None = None
+    started: float | None = None  # event time of the target's first event
+    seconds: float | None = None  # how long it took, once it ended (the summary's)
     last_time: float = 0.0
     last_log: float | None = None  # event time of the last periodic log line
 
@@ -139,10 +144,47 @@ class TargetRow:
         total = self.files_total
         return f"{self.files_copied}" if total is None else f"{self.files_copied}/{total}"
 
+    def bytes_done(self) -> int | None:
+        """Bytes the destination holds as the source has them: of files, not copy
+        operations (a file copied twice counts once); None when the engine did not say."""
+        if self.bytes_at_source is None or self.bytes_pending is None:
+            return None
+        return min(max(self.bytes_at_source - self.bytes_pending, 0), self.bytes_at_source)
+
     def bytes_text(self) -> str:
+        done = self.bytes_done()
+        if done is not None:
+            return f"{human_bytes(done)}/{human_bytes(self.bytes_at_source or 0)}"
         total = self.bytes_total
-        done = human_bytes(self.bytes_copied)
-        return done if total is None else f"{done}/{human_bytes(total)}"
+        copied = human_bytes(self.bytes_copied)
+        return copied if total is None else f"{copied}/{human_bytes(total)}"
+
+    def percent_text(self) -> str:
+        """How much of what the source holds now is copied: by bytes, by files when the
+        source holds no bytes; '' while unknown."""
+        if self.state == "done":
+            return "100%"
+        done, total = self.bytes_done(), self.bytes_at_source
+        if not total:
+            done, total = self.files_done, self.files_at_source
+        if done is None or not total:
+            return ""
+        # Floored: 100% only once everything is there, never for 99.6%.
+        return f"{min(done, total) * 100 // total}%"
+
+    def elapsed(self, now: float) -> float | None:
+        if self.seconds is not None and self.state in FINAL_STATES:
+            return self.seconds
+        return None if self.started is None else max(now - self.started, 0.0)
+
+    def eta_text(self, words: bool = False) -> str:
+        """The ETA; with `words`, saying while the source may still be written that it is
+        the time to catch up with it (the table says so once, below)."""
+        eta = self.eta
+        if eta is None:
+            return ""
+        catch_up = words and self.state in _ACQUIRING
+        return format_duration(eta) + (" to catch up" if catch_up else "")
 
     def state_text(self) -> str:
         if self.paused and self.state not in FINAL_STATES:
@@ -154,12 +196,15 @@ class TargetRow:
     def update(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         self.last_time = float(event.get("time") or self.last_time)
+        if self.started is None and event.get("time"):
+            self.started = self.last_time
         if "state" in event and isinstance(event["state"], str):
             self.state = event["state"]
         if kind == "progress":
             for name in (
                 "files_copied", "bytes_copied", "files_pending", "bytes_pending",
                 "chunks_present", "chunks_expected", "files_done", "files_at_source",
+                "bytes_at_source",
             ):  # fmt: skip
                 if event.get(name) is not None:
                     setattr(self, name, int(event[name]))
@@ -186,6 +231,10 @@ class TargetRow:
             self.bytes_copied = int(event.get("bytes_copied") or 0)
             if event.get("files_at_source") is not None:
                 self.files_at_source = int(event["files_at_source"])
+            if event.get("bytes_at_source") is not None:
+                self.bytes_at_source = int(event["bytes_at_source"])
+            if event.get("seconds") is not None:
+                self.seconds = float(event["seconds"])
             if self.state == "done":
                 self.files_pending = self.bytes_pending = 0
                 self.files_done = self.files_at_source
@@ -198,14 +247,20 @@ class TargetRow:
     def log_line(self) -> str:
         files, nbytes = self.files_text(), self.bytes_text()
         parts = [f"{shown(self.source)}: {self.state_text()}; {files} files ({nbytes}) copied"]
+        percent = self.percent_text()
+        if percent:
+            parts.append(percent)
         if self.rate is not None:
             parts.append(format_rate(self.rate))
-        eta = self.eta
-        if eta is not None:
-            parts.append(f"ETA {format_duration(eta)}")
+        elapsed = self.elapsed(self.last_time)
+        if elapsed is not None:
+            parts.append(f"elapsed {format_duration(elapsed)}")
+        eta = self.eta_text(words=True)
+        if eta:
+            parts.append(f"ETA {eta}")
         lag = self.lag()
         if lag:
-            parts.append(f"lag {lag}")
+            parts.append(f"lag {lag} (median/max)")
         if self.chunks_expected:
             parts.append(f"{self.chunks_present} of {self.chunks_expected} chunk files present")
         parts.append(f"{self.failures} failed")
@@ -352,18 +407,24 @@ class Reporter:
                 self._swapped.append((handler, handler.setStream(_ConsoleStream(console))))
 
     def render(self) -> Any:
-        """The table, one row per target (called by rich's refresh thread)."""
+        """The table, two lines per target (called by rich's refresh thread)."""
+        now = time.time()
         with self._lock:
             rows = [
-                (
-                    f"{shown(r.source)}\0{shown(r.destination)}",
-                    r.state_text(),
-                    r.files_text(),
-                    r.bytes_text(),
-                    "" if r.state in FINAL_STATES else format_rate(r.rate),
-                    format_duration(r.eta),
-                    r.lag(),
-                    str(r.failures),
+                FrameRow(
+                    shown(r.source),
+                    shown(r.destination),
+                    (
+                        r.state_text(),
+                        r.files_text(),
+                        r.percent_text(),
+                        r.bytes_text(),
+                        "" if r.state in FINAL_STATES else format_rate(r.rate),
+                        format_duration(r.elapsed(now)),
+                        r.eta_text(),
+                        r.lag(),
+                        str(r.failures),
+                    ),
                     r.state,
                 )
                 for r in self.rows.values()
@@ -371,55 +432,106 @@ class Reporter:
         return _Frame(rows)
 
 
-_HEADERS = ("target", "state", "files", "bytes", "rate", "ETA", "lag", "failed")
+# The numbers line of each target; its names line (source → destination) is above it.
+HEADERS = ("state", "files", "%", "bytes", "rate", "elapsed", "ETA", "lag med/max", "failed")
+# Dropped in this order when a terminal is narrower than the numbers line.
+_DROPPED_FIRST = ("rate", "elapsed", "bytes", "lag med/max", "%")
 _STYLES = {"done": "green", "failed": "red", "interrupted": "yellow"}
+NOTE = "ETA: time to catch up with the source, not to the end of the acquisition"
+
+
+@dataclass
+class FrameRow:
+    source: str
+    destination: str
+    cells: tuple[str, ...]  # one per HEADERS
+    state: str
+
+
+def frame_lines(rows: list[FrameRow], width: int) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The display as lines of at most `width` columns, each (text, [(cell, style)]).
+
+    A header, then per target a line with its names (each path shortened in the middle
+    when both do not fit) and a line with its numbers; the ETA note last.
+    """
+    width = max(width, 20)
+    columns = list(range(len(HEADERS)))
+    cells = [r.cells for r in rows] or [("starting …", *[""] * (len(HEADERS) - 1))]
+    widths = [max([len(HEADERS[i])] + [len(c[i]) for c in cells]) for i in columns]
+
+    def total() -> int:
+        return sum(widths[i] for i in columns) + len(columns) - 1
+
+    for name in _DROPPED_FIRST:
+        if total() <= width:
+            break
+        columns.remove(HEADERS.index(name))
+
+    def line(values: tuple[str, ...], styles: tuple[str, ...]) -> tuple[str, list]:
+        parts = [
+            (values[i].ljust(widths[i]) if i == 0 else values[i].rjust(widths[i]), styles[i])
+            for i in columns
+        ]
+        spaced = []
+        for n, part in enumerate(parts):
+            spaced += [(" ", "")] if n else []
+            spaced.append(part)
+        text = "".join(p for p, _ in spaced)[:width]
+        return text, spaced
+
+    plain = ("",) * len(HEADERS)
+    out = [line(HEADERS, ("bold",) * len(HEADERS))]
+    for r in rows or [FrameRow("", "", cells[0], "")]:
+        if r.source:
+            names = names_line(r.source, r.destination, width)
+            out.append((names, [(names, "")]))
+        styles = list(plain)
+        styles[0] = _STYLES.get(r.state, "cyan")
+        styles[-1] = "red" if r.cells[-1] not in ("0", "") else ""
+        out.append(line(r.cells, tuple(styles)))
+    note = shorten_middle(NOTE, width) if len(NOTE) > width else NOTE
+    out.append((note, [(note, "dim")]))
+    return out
+
+
+def names_line(source: str, destination: str, width: int) -> str:
+    """'source → destination' in `width` columns, each shortened in the middle as needed:
+    both ends of a path (its root and its file name) say more than its middle."""
+    arrow = " → "
+    if len(source) + len(arrow) + len(destination) <= width:
+        return f"{source}{arrow}{destination}"
+    room = max(width - len(arrow), 2)
+    # The source gets half, or less when the destination is shorter than its half.
+    first = min(len(source), max(room // 2, room - len(destination)))
+    return shorten_middle(source, first) + arrow + shorten_middle(destination, room - first)
+
+
+def shorten_middle(text: str, width: int) -> str:
+    """'/acquisition/…/run42.zarr': the start and (longer) the end, an ellipsis between."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    keep = width - 1
+    head = keep // 3
+    return text[:head] + "…" + text[len(text) - (keep - head) :]
 
 
 class _Frame:
-    """One frame of the live display: a table sized to the terminal when it is drawn."""
+    """One frame of the live display: laid out for the terminal's width when it is drawn."""
 
-    def __init__(self, rows: list[tuple[str, ...]]) -> None:
+    def __init__(self, rows: list[FrameRow]) -> None:
         self.rows = rows
 
     def __rich_console__(self, console: Any, options: Any) -> Any:
-        from rich.table import Table
         from rich.text import Text
 
-        rows = self.rows or [("starting …\0", "", "", "", "", "", "", "0", "")]
-        # Every column but the target's is as wide as its widest cell; the target's
-        # name gets the rest, cut short with an ellipsis on a narrow terminal.
-        widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(_HEADERS)]
-        widths[0] = max(len(_label(row[0], 1 << 30)) for row in rows)
-        rest = options.max_width - sum(widths[1:]) - (len(_HEADERS) - 1)
-        rows = [(_label(row[0], max(12, min(widths[0], rest))), *row[1:]) for row in rows]
-        widths[0] = max(len(_HEADERS[0]), *(len(row[0]) for row in rows))
-        table = Table(box=None, padding=(0, 1, 0, 0), pad_edge=False, header_style="bold")
-        for i, header in enumerate(_HEADERS):
-            table.add_column(
-                header,
-                justify="left" if i < 2 else "right",
-                no_wrap=True,
-                overflow="ellipsis",
-                width=widths[i],
-            )
-        for *cells, state in rows:
-            failed = cells[-1]
-            table.add_row(
-                *cells[:1],
-                Text(cells[1], style=_STYLES.get(state, "cyan")),
-                *cells[2:-1],
-                Text(failed, style="red" if failed != "0" else ""),
-            )
-        yield table
-
-
-def _label(names: str, width: int) -> str:
-    """'source → destination' if it fits, else the source's path, cut at the left."""
-    source, _, destination = names.partition("\0")
-    both = f"{source} → {destination}" if destination else source
-    if len(both) <= width:
-        return both
-    return source if len(source) <= width else "…" + source[len(source) - width + 1 :]
+        for _, parts in frame_lines(self.rows, options.max_width):
+            text = Text(no_wrap=True, overflow="ellipsis")
+            for part, style in parts:
+                text.append(part, style=style or None)
+            text.truncate(options.max_width)
+            yield text
 
 
 class _ConsoleStream:
@@ -463,6 +575,18 @@ def make_reporter(
         err=err,
         force_terminal=True if progress is True else None,
     )
+
+
+def verbose_asked() -> bool:
+    """-v, before or after the command (cli/common.py keeps it on the root context's obj),
+    or a log level of debug: what asks for per-file detail, e.g. the dry run's listing."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    if isinstance(obj, dict) and obj.get("verbose"):
+        return True
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..names import json_record, safe_text, shown
 from ..state.journal import RUNNING_STATES
-from ..units import human_bytes
+from ..units import counted, human_bytes
 
 if TYPE_CHECKING:
     from ..engine.target import Summary
@@ -24,8 +24,14 @@ PLAN_FIELDS = (
 )
 
 
-def plan_text(source: str, destination: str, plan: dict[str, Any]) -> str:
-    """A --dry-run's plan, for people."""
+def plan_text(
+    source: str,
+    destination: str,
+    plan: dict[str, Any],
+    per_file: list[tuple[str, str, int]] | None = None,
+) -> str:
+    """A --dry-run's plan, for people; with `per_file` (-v), first a line per file, as
+    `rsync -n -v` lists them: the action, the size and the name (engine.plan.plan_files)."""
 
     def files(name: str, size: str | None = None) -> str:
         n = int(plan.get(name) or 0)
@@ -36,8 +42,13 @@ def plan_text(source: str, destination: str, plan: dict[str, Any]) -> str:
     free = human_bytes(plan.get("free_bytes") or 0)
     if inodes is not None:
         free += f" and {inodes} inodes"
+    listing = [
+        f"  {action:<8} {human_bytes(size):>10}  {shown(key)}"
+        for key, action, size in per_file or ()
+    ]
     lines = [
         f"plan: {shown(source)} -> {shown(destination)} (dry run: nothing was written)",
+        *listing,
         f"  to copy:     {files('files_to_copy', 'bytes_to_copy')}",
         f"  to re-copy:  {files('files_to_recopy')} (at the destination with another size; "
         "part of the files to copy)",
@@ -82,10 +93,10 @@ def verify_summary_text(
 ) -> str:
     """`verify`'s last line (stdout when identical, stderr otherwise)."""
     if not ok:
-        return f"{findings} difference(s) found"
+        return f"{counted(findings, 'difference')} found"
     rate = nbytes / seconds / 1e6 if seconds > 0 else 0.0
     return (
-        f"identical: {files} files ({nbytes} bytes) compared by {mode} "
+        f"identical: {counted(files, 'file')} ({counted(nbytes, 'byte')}) compared by {mode} "
         f"in {seconds:.1f} s ({rate:.0f} MB/s)"
     )
 
@@ -99,8 +110,8 @@ def status_text(t: dict[str, Any]) -> str:
     pad = " " * 12
     lines = [
         f"{t['state']:<11} {shown(t['source'])} -> {shown(t['destination'])}",
-        f"{pad}{t['files_done']} files ({human_bytes(t['bytes_done'])}) done, "
-        f"{t['files_pending']} files ({human_bytes(t['bytes_pending'])}) pending, "
+        f"{pad}{counted(t['files_done'], 'file')} ({human_bytes(t['bytes_done'])}) done, "
+        f"{counted(t['files_pending'], 'file')} ({human_bytes(t['bytes_pending'])}) pending, "
         f"{len(t['failures'])} failed; last activity {when(t['updated'])}",
     ]
     if t.get("recorded_state"):
@@ -134,7 +145,8 @@ def run_text(r: dict[str, Any]) -> str:
     lines = [
         f"{r['state']:<11} run {shown(r['run'])}: {shown(r['source'])} -> "
         f"{shown(r['destination'])}",
-        f"{pad}{r['files']} files ({human_bytes(r['bytes'])}), attempt {r['attempts']}; "
+        f"{pad}{counted(r['files'], 'file')} ({human_bytes(r['bytes'])}), "
+        f"attempt {r['attempts']}; "
         f"found {r['discovered']}, started {r['started'] or '-'}, ended {r['ended'] or '-'}",
     ]
     if r["finished_because"]:

@@ -9,11 +9,12 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..engine.runner import StopSignal
+if TYPE_CHECKING:  # only an annotation: `softcopy --version` need not import the engine
+    from ..engine.runner import StopSignal
 from ..errors import EXIT_FAILED, SoftcopyError
 from ..names import safe_text, utf8_text
 
@@ -69,8 +70,16 @@ def block_stop_signals() -> None:
     """Every output is written: a late Ctrl-C must not reach the interpreter's shutdown,
     where Python's default handler is back and the exit status would become "killed by
     SIGINT" instead of the code decided here. Blocked signals die with the process.
-    Only for the program's own exit (cli.entry): the mask is inherited by children."""
+    Only for the program's own exit (cli.entry): the mask is inherited by children.
+
+    The mask is the calling thread's only: a signal sent to the process is delivered to
+    any thread that does not block it (a library's worker thread, still alive at exit),
+    where the default action, back once Python finalises, kills the process. Ignoring the
+    signals is process-wide and closes that gap."""
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def guarded(ctx: click.Context, body: Callable[[], int]) -> int:
@@ -80,7 +89,9 @@ def guarded(ctx: click.Context, body: Callable[[], int]) -> int:
     except SoftcopyError as exc:
         if ctx.obj["verbose"]:
             log.exception("error")
-        say(f"softcopy: error: {safe_text(str(exc))}", err=True)
+        # Every error of an input at once (config.ConfigErrors), one paragraph each.
+        errors = getattr(exc, "errors", None) or [exc]
+        say("\n\n".join(f"softcopy: error: {safe_text(str(e))}" for e in errors), err=True)
         return exc.exit_code
     except Exception as exc:
         # A bug of ours still gets one paragraph; the traceback is for -v and a report.

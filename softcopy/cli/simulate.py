@@ -17,6 +17,7 @@ import click
 from ..config import make_target
 from ..engine.runner import StopSignal
 from ..errors import EXIT_FAILED, EXIT_OK, SoftcopyError
+from ..units import counted
 from ..zarr.simulate import FORMATS, LAYOUTS
 from .copy import copy_all
 from .progress import make_reporter
@@ -91,14 +92,24 @@ def simulate(ctx: click.Context, destination: Path, **options: Any) -> None:
         try:
             summary = run_simulation(destination, spec, log=lambda m: log.info("%s", m))
         except FileExistsError as exc:
-            raise SoftcopyError(destination, "simulate into", str(exc)) from exc
+            raise SoftcopyError(destination, "simulate into", _problem(exc, destination)) from exc
         click.echo(
-            f"simulated {summary['files']} files ({summary['bytes']} bytes) in "
+            f"simulated {counted(summary['files'], 'file')} "
+            f"({counted(summary['bytes'], 'byte')}) in "
             f"{summary['seconds']:.1f} s at {destination}"
         )
         return EXIT_OK
 
     ctx.exit(guarded(ctx, body))
+
+
+def _problem(exc: FileExistsError, destination: Path) -> str:
+    """The simulator's message names the path and the action already: the problem alone."""
+    text = str(exc)
+    said = f"cannot simulate into {destination}: "
+    if text.startswith(said):
+        return text[len(said) :]
+    return text.partition(": ")[2] if text.startswith("cannot simulate into ") else text
 
 
 @click.command()

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from ..errors import EXIT_FAILED, EXIT_OK, ConfigError
+from ..errors import EXIT_FAILED, EXIT_OK, ConfigError, SoftcopyError
 from ..names import json_record
 from .render import verify_summary_text
 from .signals import guarded
+
+log = logging.getLogger(__name__)
 
 VERIFY_HELP = """\b
 With SOURCE and DESTINATION: missing, extra and size-mismatched files, link
 targets, metadata that does not parse; --hash adds content (BLAKE3).
 With DESTINATION alone: every file against the b3sum manifest in
-DESTINATION.softcopy/manifest.b3 (or --manifest), without the source.
+DESTINATION.softcopy/manifest.b3 (or --manifest), without the source; a copy
+made without --hash is checked against its size list (files.tsv: sizes and
+modification times).
+Files the copy left out by its --include/--exclude (recorded in its
+certificate) are not compared; --include/--exclude here narrow it further.
 Exit codes: 0 identical, 1 differences found (all listed), 2 usage error."""
 
 
@@ -37,6 +45,18 @@ Exit codes: 0 identical, 1 differences found (all listed), 2 usage error."""
     "--json", "as_json", is_flag=True, help="One JSON record per finding, then a summary."
 )
 @click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="GLOB",
+    help="Compare only keys matching (repeatable), besides what the copy recorded.",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="GLOB",
+    help="Leave out keys matching (repeatable), besides what the copy recorded.",
+)
 @click.pass_context
 def verify(
     ctx: click.Context,
@@ -46,9 +66,16 @@ def verify(
     manifest: Path | None,
     as_json: bool,
     workers: int,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
 ) -> None:
-    """Check a copy: `verify SOURCE DESTINATION`, or `verify DESTINATION` against its manifest."""
-    ctx.exit(guarded(ctx, lambda: _verify(paths, hashes, decode, manifest, as_json, workers)))
+    """Check a copy: `verify SOURCE DESTINATION`, or `verify DESTINATION` against its records."""
+    ctx.exit(
+        guarded(
+            ctx,
+            lambda: _verify(paths, hashes, decode, manifest, as_json, workers, include, exclude),
+        )
+    )
 
 
 def _verify(
@@ -58,9 +85,12 @@ def _verify(
     manifest: Path | None,
     as_json: bool,
     workers: int,
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
 ) -> int:
+    from ..sources.select import Selection
     from ..state.records import RecordFile, Records, records_dir
-    from ..verify.compare import check_manifest, compare_trees
+    from ..verify.compare import check_manifest, check_sizes, compare_trees
     from ..verify.manifest import MANIFEST, read_manifest
 
     if len(paths) > 2:
@@ -72,35 +102,47 @@ def _verify(
             raise ConfigError(path, "verify", "it is not a directory")
     started = time.monotonic()
     destination = paths[-1]
-    if len(paths) == 2:
-        if manifest is not None:
-            raise ConfigError(
-                manifest, "verify", "--manifest checks DESTINATION alone; give one path"
-            )
-        result = compare_trees(str(paths[0]), str(destination), hashes=hashes, workers=workers)
-        mode = "BLAKE3" if hashes else "size"
-    else:
-        missing = "it does not exist (copies made with --hash have one; or give SOURCE too)"
-        records = None
-        where: Path | RecordFile | None = manifest
-        if where is None:
-            # softcopy's own record, beside the directory the copy resolved DESTINATION to:
-            # read without following a link, like every record (any owner may read it).
-            side = records_dir(Path(os.path.realpath(destination)))
-            records = Records.open(side, create=False, check_owner=False)
-            if records is None:
-                raise ConfigError(side / MANIFEST, "read manifest", missing)
-            where = records / MANIFEST
+    # softcopy's own records, beside the directory the copy resolved DESTINATION to:
+    # read without following a link, like every record (any owner may read them).
+    side = records_dir(Path(os.path.realpath(destination)))
+    records: Records | None = None
+    cert: dict | None = None
+    try:
         try:
-            # A FIFO, a device or a huge file given as --manifest: ConfigError, no hang.
-            digests = read_manifest(where, missing)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(where, "read manifest", str(exc)) from exc
-        finally:
-            if records is not None:
-                records.close()
-        result = check_manifest(str(destination), digests, workers)
-        mode = "BLAKE3 against the manifest"
+            records = Records.open(side, create=False, check_owner=False)
+            cert = _certificate(records)
+        except SoftcopyError as exc:
+            if len(paths) == 1 and manifest is None:
+                raise
+            # Two trees, or a manifest the user names, compare without any record: only
+            # the copy's include/exclude is lost, which can only add findings, never hide one.
+            log.warning("%s; comparing every file", exc)
+        keep = _keep(cert, Selection("", (), include, exclude))
+        if len(paths) == 2:
+            if manifest is not None:
+                raise ConfigError(
+                    manifest, "verify", "--manifest checks DESTINATION alone; give one path"
+                )
+            result = compare_trees(
+                str(paths[0]), str(destination), hashes=hashes, workers=workers, keep=keep
+            )
+            mode = "BLAKE3" if hashes else "size"
+        elif manifest is not None or (records is not None and _has(records, MANIFEST)):
+            where: Path | RecordFile = manifest if manifest is not None else records / MANIFEST
+            try:
+                # A FIFO, a device or a huge file given as --manifest: ConfigError, no hang.
+                digests = read_manifest(where)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(where, "read manifest", str(exc)) from exc
+            result = check_manifest(str(destination), digests, workers, keep=keep)
+            mode = "BLAKE3 against the manifest"
+        else:
+            entries = _size_list(side, records, cert, hashes)
+            result = check_sizes(str(destination), entries, keep)
+            mode = "sizes and modification times against the size list"
+    finally:
+        if records is not None:
+            records.close()
     if decode:
         from ..sources.scan import scan_tree
         from ..zarr.decode import check_decode
@@ -127,3 +169,116 @@ def _verify(
         )
         click.echo(text, err=not result.ok)
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _certificate(records: object) -> dict | None:
+    """The copy's certificate (None when there is none: a copy not finished, or not ours)."""
+    from ..state.records import Records
+    from ..verify.manifest import CERTIFICATE
+
+    if not isinstance(records, Records) or not _has(records, CERTIFICATE):
+        return None
+    where = records / CERTIFICATE
+    try:
+        record = json.loads(where.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(where, "read certificate", str(exc)) from exc
+    if not isinstance(record, dict):
+        raise ConfigError(where, "read certificate", "it is not a JSON object")
+    return record
+
+
+def _keep(cert: dict | None, asked: object) -> Callable[[str], bool] | None:
+    """Which keys to compare: what the copy copied (its recorded selection: markers, and
+    the files its --include/--exclude chose), narrowed by this check's own."""
+    from ..sources.select import Selection
+
+    assert isinstance(asked, Selection)
+    recorded = (cert or {}).get("selection")
+    copied: Selection | None = None
+    if isinstance(recorded, dict) and (recorded.get("include") or recorded.get("exclude")):
+        copied = Selection(
+            str(recorded.get("complete_marker") or ""),
+            tuple(map(str, recorded.get("sentinels") or ())),
+            tuple(map(str, recorded.get("include") or ())),
+            tuple(map(str, recorded.get("exclude") or ())),
+        )
+    if copied is None and not asked.filters:
+        return None
+
+    def keep(key: str) -> bool:
+        if copied is not None and not (copied.is_marker(key) or copied.wanted(key)):
+            return False
+        return asked.wanted(key)
+
+    return keep
+
+
+def _has(records: object, name: str) -> bool:
+    from ..state.records import Records
+
+    assert isinstance(records, Records)
+    try:
+        os.stat(name, dir_fd=records.fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _size_list(
+    side: Path, records: object, cert: dict | None, hashes: bool
+) -> dict[str, tuple[int, int]]:
+    """The size list a finished copy left, if its certificate vouches for it."""
+    from ..state.records import Records
+    from ..verify.manifest import CERTIFICATE, MANIFEST
+    from ..verify.sizes import SIZE_LIST, read_size_list
+
+    if hashes:
+        raise ConfigError(
+            side / MANIFEST,
+            "verify content",
+            "there is no manifest (the copy was made without --hash); give SOURCE too to "
+            "compare content, or drop --hash to check sizes against the size list",
+        )
+    if not isinstance(records, Records):
+        raise ConfigError(
+            side / MANIFEST,
+            "read manifest",
+            "it does not exist (copies made with --hash have one, and every finished copy a "
+            f"size list, {SIZE_LIST}, in that folder; or give SOURCE too)",
+        )
+    if cert is None:
+        raise ConfigError(
+            side / CERTIFICATE,
+            "verify without the source",
+            "there is no certificate: the copy is not finished (or was not made by "
+            "softcopy); give SOURCE too",
+        )
+    if cert.get("manifest"):
+        # A copy made with --hash: its size list is no stand-in for the manifest it had.
+        raise ConfigError(
+            side / MANIFEST,
+            "read manifest",
+            "it is missing, though the copy's certificate names it; give SOURCE too",
+        )
+    recorded = cert.get("size_list_blake3")
+    if not recorded:
+        raise ConfigError(
+            side / SIZE_LIST,
+            "verify without the source",
+            "the copy was made by a softcopy without size lists and without --hash; give "
+            "SOURCE too",
+        )
+    where = records / SIZE_LIST
+    try:
+        entries, digest = read_size_list(where, "it is missing; give SOURCE too")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(where, "read size list", str(exc)) from exc
+    if digest != recorded:
+        # A list left by an older run, or changed since: it vouches for nothing.
+        raise ConfigError(
+            where,
+            "read size list",
+            "it is not the one the certificate names (its BLAKE3 differs); give SOURCE too",
+        )
+    return entries

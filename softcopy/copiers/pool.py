@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # a copier process never imports the configuration (yaml, cli
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+# What a copier may say besides "done", and the level the supervisor logs it at.
+_NOTE_LEVELS = {"warn": logging.WARNING, "debug": logging.DEBUG}
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class CopierOptions:
     rate_limits: tuple[tuple[str, float], ...] = ()
     nice: int = 19
     idle_io: bool = True
+    idle_cpu: bool = True  # SCHED_IDLE
     # Where copiers write; None: the local directory `destination`.
     sink: SinkSpec | None = None
 
@@ -74,23 +77,32 @@ def copier_options(
 # ---- the child side ------------------------------------------------------------------
 
 
-def _lower_priority(options: CopierOptions) -> list[str]:
-    """The acquisition comes first: idle I/O class and the lowest CPU priority.
+def _lower_priority(options: CopierOptions) -> list[tuple[str, str]]:
+    """The acquisition comes first: idle CPU scheduling, idle I/O class, nice 19.
 
-    Returns warnings for the supervisor to log: a copier never writes to the
-    terminal itself (it would tear the live progress display).
+    SCHED_IDLE runs a copier only on a CPU nothing else wants, and any other task
+    that wakes up preempts it at once; nice 19 alone still takes a share of a busy
+    CPU (and every wake-up of the writer waits for the copier's time slice).
+    Returns (level, text) notes for the supervisor to log: a copier never writes to
+    the terminal itself (it would tear the live progress display).
     """
-    warnings = []
+    notes: list[tuple[str, str]] = []
     if options.nice:
         os.nice(options.nice)
+    if options.idle_cpu:
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except (OSError, AttributeError) as exc:
+            # Not permitted (a seccomp profile, an old kernel): nice 19 still applies.
+            notes.append(("debug", f"copier {os.getpid()}: could not set SCHED_IDLE: {exc}"))
     if options.idle_io:
         try:
             import psutil
 
             psutil.Process().ionice(psutil.IOPRIO_CLASS_IDLE)
         except Exception as exc:  # no ioprio support: keep going at normal I/O priority
-            warnings.append(f"copier {os.getpid()}: could not set idle I/O priority: {exc}")
-    return warnings
+            notes.append(("warn", f"copier {os.getpid()}: could not set idle I/O priority: {exc}"))
+    return notes
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -128,12 +140,12 @@ def child_main(fd: int, parent_pid: int, options: CopierOptions) -> None:
         os.write(wake_w, b"x")  # and cut short any --sleep-time pause
 
     signal.signal(signal.SIGTERM, on_term)
-    warnings = _lower_priority(options)
+    notes = _lower_priority(options)
     clear_umask()
     throttle = _Throttle(options.rate_limits) if options.rate_limits else None
     conn = Connection(fd)
-    for warning in warnings:
-        conn.send(("warn", warning))
+    for level, text in notes:
+        conn.send((level, text))
     sink = sink_from_spec(options.sink or SinkSpec("local", options.destination))
     while not stopping:
         try:
@@ -210,6 +222,9 @@ class CopierPool:
     def connections(self) -> list[Connection]:
         return [c.conn for c in self.copiers]
 
+    def pids(self) -> list[int]:
+        return [c.process.pid for c in self.copiers]
+
     def send(self, copier: Copier, jobs: list[tuple[str, bool]]) -> None:
         self._batches += 1
         copier.keys = [key for key, _ in jobs]
@@ -229,8 +244,8 @@ class CopierPool:
             lost = copier.keys
             self._replace(copier)
             return [], lost
-        if message[0] == "warn":
-            log.warning("%s", message[1])
+        if message[0] in _NOTE_LEVELS:
+            log.log(_NOTE_LEVELS[message[0]], "%s", message[1])
             return [], []
         outcomes = message[2]
         done = {o.key for o in outcomes}
@@ -292,7 +307,7 @@ class CopierPool:
                 if message[0] == "done":
                     outcomes.extend(message[2])
                     break
-                log.warning("%s", message[1])
+                log.log(_NOTE_LEVELS.get(message[0], logging.WARNING), "%s", message[1])
             try:
                 c.process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -328,3 +343,6 @@ def _send_quietly(conn: Connection, message: object) -> None:
 if __name__ == "__main__":
     _fd, _parent, _payload = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     child_main(_fd, _parent, _decode(json.loads(_payload)))
+    # Everything is reported and the connection closed: tearing down the interpreter would
+    # only make the supervisor's stop wait for a process whose work is done.
+    os._exit(0)

@@ -1,7 +1,11 @@
-"""The acquisition comes first: pause copiers while the source disk is busy, but not forever.
+"""The acquisition comes first: pause copiers while the source disk or the CPUs are busy,
+but not forever.
 
 Another job's I/O can keep a shared disk busy for hours, so after MAX_PAUSE one
-batch goes out every TRICKLE_EVERY: the copy always moves, slowly.
+batch goes out every TRICKLE_EVERY: the copy always moves, slowly. Only copying
+waits: a run with nothing to copy never pauses (a rerun of a finished copy ends
+at once whatever other jobs do), and comparing what the destination already
+holds, like the verification, goes on while paused (target.py).
 """
 
 from __future__ import annotations
@@ -31,23 +35,27 @@ class Backoff:
         """The measurement while paused, else None."""
         return self.pressure.describe() if self.paused and self.pressure is not None else None
 
-    def check(self) -> None:
-        """Sample the source disk; pause or resume."""
+    def check(self, copying: bool = True) -> None:
+        """Sample the source disk; pause (only while there is copying to do) or resume."""
         if self.pressure is None:
             return
+        # Sampled either way: a busy verdict is over the interval since the last sample.
         self.pressure.update()
-        if not self.paused and self.pressure.busy():
+        if not self.paused and copying and self.pressure.busy():
             self.paused = True
             self._paused_since = time.monotonic()
             self._said_trickle = False
             log.warning(
-                "%s: source disk busy (%s); pausing copiers", self.source, self.pressure.describe()
+                "%s: %s (%s); pausing copiers",
+                self.source,
+                self.pressure.cause(),
+                self.pressure.describe(),
             )
             self.emit(Event.PAUSED, reason=self.pressure.describe())
         elif self.paused and self.pressure.quiet():
             self.paused = False
             log.info(
-                "%s: source disk quiet again (%s); resuming",
+                "%s: source disk and CPUs quiet again (%s); resuming",
                 self.source,
                 self.pressure.describe(),
             )
@@ -62,9 +70,10 @@ class Backoff:
             self._said_trickle = True
             assert self.pressure is not None
             log.warning(
-                "%s: source disk busy for %.0f s (%s); copying one batch every %.0f s so the "
+                "%s: %s for %.0f s (%s); copying one batch every %.0f s so the "
                 "copy keeps moving (--no-backoff copies at full speed)",
                 self.source,
+                self.pressure.cause(),
                 now - self._paused_since,
                 self.pressure.describe(),
                 TRICKLE_EVERY,

@@ -2,7 +2,8 @@
 
 New or empty: ours. A copy softcopy made of this same source (path and directory
 identity): ours, and files the source lacks are deleted. Not made by softcopy:
-not ours, its files are never deleted. A copy of another source, or of a source
+not ours, its files are never deleted; and refused when it holds only names the source
+lacks (a folder to copy into, out of `cp -r` habit). A copy of another source, or of a source
 directory deleted and made again at the same path (a new acquisition): refused,
 unless --replace.
 """
@@ -14,7 +15,7 @@ import json
 import logging
 import os
 
-from ..config import TargetConfig
+from ..config import TargetConfig, unrelated_destination
 from ..errors import ConfigError, from_os_error
 from ..state.records import LINK_PROBLEM, Records, records_dir
 
@@ -35,6 +36,11 @@ def claim(cfg: TargetConfig, existed: bool, previous: dict | None) -> bool:
     if not existed:
         return True
     if previous is None or not isinstance(previous.get("source"), str):
+        # Checked when the target was made too; again here for a source that appeared
+        # only since (--wait-for-source, the service).
+        problem = unrelated_destination(cfg.source, cfg.destination)
+        if problem is not None:
+            raise ConfigError(dst, "copy to destination", problem)
         return False
     source = previous["source"]
     identity = previous.get("source_identity")  # absent in records of older versions

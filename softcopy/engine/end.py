@@ -9,13 +9,19 @@ checks before it frees the source.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from ..names import json_record
+from ..sources.select import Selection
 from ..state.records import RecordFile, Records, write_file
+from ..units import counted
 from ..verify.compare import Finding, Verification
 from ..verify.manifest import CERTIFICATE, MANIFEST, write_certificate, write_manifest
+from ..verify.sizes import SIZE_LIST, write_size_list
 from .events import Summary
 from .finish import end_record
 
@@ -25,8 +31,8 @@ def verdict(findings: list[Finding], failures: dict[str, str], owned: bool) -> s
     if not findings and not failures:
         return ""
     error = (
-        f"verification found {len(findings)} difference(s) and "
-        f"{len(failures)} file(s) or directories failed to copy"
+        f"verification found {counted(len(findings), 'difference')}, and "
+        f"{counted(len(failures), 'file or directory', 'files or directories')} failed to copy"
     )
     if not owned and any(f.kind == "extra" for f in findings):
         error += (
@@ -48,6 +54,8 @@ def certificate(
     marker_bytes: int = 0,
     chunks: tuple[int, int] = (0, 0),
     manifest_blake3: str | None,
+    selection: Selection | None = None,
+    size_list_blake3: str | None = None,
 ) -> dict:
     present, expected = chunks
     return {
@@ -68,7 +76,41 @@ def certificate(
         "files_deleted_during_acquisition": summary.files_deleted,
         "manifest": MANIFEST if manifest_blake3 else None,
         "manifest_blake3": manifest_blake3,
+        # Read by `verify`: a file left out on purpose is not missing.
+        "selection": None if selection is None else selection_record(selection),
+        "size_list": SIZE_LIST if size_list_blake3 else None,
+        "size_list_blake3": size_list_blake3,
     }
+
+
+def selection_record(selection: Selection) -> dict:
+    return {
+        "include": list(selection.include),
+        "exclude": list(selection.exclude),
+        "complete_marker": selection.complete_marker,
+        "sentinels": list(selection.sentinels),
+    }
+
+
+def size_entries(
+    verification: Verification, destination: str, markers: Iterable[str]
+) -> dict[str, tuple[int, int]]:
+    """Every regular file of the verified copy: what verification found, and the markers
+    published after it (lstat: a marker copied as a link is not a file)."""
+    entries = dict(verification.sizes)
+    for key in markers:
+        try:
+            st = os.lstat(os.path.join(destination, key))
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            entries[key] = (st.st_size, st.st_mtime_ns)
+    return entries
+
+
+def write_size_list_of(records: Records, entries: dict[str, tuple[int, int]]) -> str:
+    """The size list (files.tsv); returns its BLAKE3, which the certificate records."""
+    return write_size_list(records / SIZE_LIST, entries)
 
 
 def write_summary(records: Records, summary: Summary) -> None:

@@ -6,11 +6,11 @@ the plain strings of the `--json` wire format (schema 1), which stays unchanged.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 
 from ..states import FINAL_STATES, RUNNING_STATES, State
-from ..units import human_bytes
+from ..units import counted, human_bytes
 from ..verify.compare import Finding
 
 
@@ -22,6 +22,13 @@ class Event(StrEnum):
     WAITING = "waiting"  # everything copied, no end rule met yet: what would end it
     STALLED = "stalled"  # work pending, nothing finished for a while: why
     FILE_FAILED = "file_failed"
+    # Per file, only when asked (--file-events) and always in the run log (state/runlog.py):
+    FILE_COPIED = "file_copied"  # a file new at the destination
+    FILE_RECOPIED = "file_recopied"  # replaced a version the destination held
+    FILE_DELETED = "file_deleted"  # gone from the source, so deleted at the destination
+    PLAN_FILE = "plan_file"  # --dry-run: what a run would do with one file
+    RUN_STARTED = "run_started"  # the run log's first line of a run
+    RUN_ENDED = "run_ended"  # and its last
     FINDING = "finding"
     PLAN = "plan"
     SUMMARY = "summary"
@@ -47,6 +54,8 @@ class Summary:
     findings: list[Finding] = field(default_factory=list)
     error: str = ""
     plan: dict = field(default_factory=dict)  # --dry-run: what a run would do
+    # --dry-run, per file: (key, action, size); listed with -v, not part of the summary event
+    plan_files: list[tuple[str, str, int]] = field(default_factory=list, repr=False)
     end_rule: str = ""  # marker, sentinel, settle, idle_timeout (finish.END_PROVEN)
 
     @property
@@ -60,8 +69,10 @@ class Summary:
             p = self.plan
             return (
                 f"dry run: {self.source} -> {self.destination}: would copy "
-                f"{p['files_to_copy']} files ({human_bytes(p['bytes_to_copy'])}), of which "
-                f"{p['files_to_recopy']} replace a file of another size; compare "
+                f"{counted(p['files_to_copy'], 'file')} ({human_bytes(p['bytes_to_copy'])}), "
+                f"of which {p['files_to_recopy']} "
+                f"{'replaces' if p['files_to_recopy'] == 1 else 'replace'} a file of another "
+                "size; compare "
                 f"{p['files_to_compare']}, trust {p['files_trusted']}, delete "
                 f"{p['files_to_delete']}, leave {p['extras_kept']} foreign; "
                 f"{human_bytes(p['free_bytes'])} free at {p['destination_mount']}: "
@@ -71,15 +82,19 @@ class Summary:
         checked = "verified" if self.ok else "at the source"
         return (
             f"{self.state}: {self.source} -> {self.destination}: "
-            f"{self.files_at_source} files ({human_bytes(self.bytes_at_source)}) {checked}; "
+            f"{counted(self.files_at_source, 'file')} ({human_bytes(self.bytes_at_source)}) "
+            f"{checked}; "
             f"{self.files_copied} copied ({human_bytes(self.bytes_copied)}), "
             f"{self.files_deleted} deleted, {self.files_already_there} already there; "
             f"{self.seconds:.1f} s, {rate:.1f} MB/s"
         )
 
     def as_dict(self) -> dict:
-        d = asdict(self)
+        # Not dataclasses.asdict: it would deep-copy a dry run's per-file list too.
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "plan_files"}
         d["state"] = str(self.state)
+        d["failures"] = dict(self.failures)
+        d["plan"] = dict(self.plan)
         d["findings"] = [f.as_dict() for f in self.findings]
         return d
 

@@ -2,8 +2,10 @@
 
 A rule that needs a fresh listing to be sure (settle, idle timeout) says so; the
 engine confirms it with a full scan, which is the only side effect involved.
-`marker` and `sentinel` prove the end (the writer said so); `settle` and
-`idle_timeout` are guesses, and a guess never makes a copy "safe to free".
+`marker` and `sentinel` prove the end (the writer said so); `settle`,
+`idle_timeout` and `old_source` are guesses, and a guess never makes a copy "safe
+to free". Quiet time is measured from the newest change the source shows, not
+from softcopy's start (observe.py), so a source long finished ends at once.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from dataclasses import dataclass
 from ..sources.kinds import newest_change
 from ..sources.scan import Version
 
-END_PROVEN = {"marker": True, "sentinel": True, "settle": False, "idle_timeout": False}
+END_PROVEN = {
+    "marker": True,
+    "sentinel": True,
+    "settle": False,
+    "idle_timeout": False,
+    "old_source": False,
+}
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,7 @@ class Observed:
     temp_count: int  # writers' temporary files in the last full listing
     has_expected_set: bool  # zarr trees have one; plain directories do not
     now_wall: float = 0.0  # time.time(), for sentinel ages
+    quiet_at_start: float = 0.0  # seconds the source was unchanged at the first listing
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class Rules:
     idle_timeout: float | None
     settle: float
     sentinel_fallbacks: tuple[str, ...] = ()
+    finished_after: float = 0.0  # a source this old at the start is finished; 0: off
 
 
 @dataclass(frozen=True)
@@ -72,16 +82,56 @@ def end_of(rules: Rules, seen: Observed) -> End | None:
                 True,
             )
     if rules.idle_timeout is not None and seen.quiet >= rules.idle_timeout:
-        return End("idle_timeout", f"nothing changed for {rules.idle_timeout:g} s (idle timeout)",
-                   True)  # fmt: skip
+        return End(
+            "idle_timeout",
+            f"nothing changed for {duration(seen.quiet)} (idle timeout {rules.idle_timeout:g} s)",
+            True,
+        )
     settle = settle_time(rules, seen.longest_pause)
-    if seen.quiet < settle or not seen.has_expected_set:
-        return None  # a plain directory has no expected set: sentinels or idle end it
-    if not seen.all_expected_present or seen.temp_count:
+    # A plain directory has no expected set: sentinels, idle or an old source end it.
+    if (
+        seen.quiet >= settle
+        and seen.has_expected_set
+        and seen.all_expected_present
+        and not seen.temp_count
+    ):
+        return End(
+            "settle",
+            f"every expected file is present and nothing changed for {duration(seen.quiet)} "
+            f"(settle {settle:.3g} s)",
+            True,
+        )
+    return _old_source(rules, seen)
+
+
+def _old_source(rules: Rules, seen: Observed) -> End | None:
+    """Old when softcopy started, and unchanged since: finished, even with fill-value holes.
+
+    Only at the start: a run that goes quiet later may be a long pause between timepoints,
+    which is what --idle-timeout is for. Writers' leftover temporary files do not hold it
+    up (a crashed writer's would, forever); they are never copied.
+    """
+    after = rules.finished_after
+    if not after or seen.quiet_at_start < after or seen.quiet < after:
         return None
     return End(
-        "settle", f"every expected file is present and nothing changed for {settle:.3g} s", True
+        "old_source",
+        f"nothing in the source changed for {duration(seen.quiet)} (older than "
+        f"--finished-after {duration(after)})",
+        True,
     )
+
+
+def duration(seconds: float) -> str:
+    """Seconds in words for people: 45 s, 12 min, 2 h, 3 days."""
+    if seconds < 60:
+        return f"{seconds:.2g} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.2g} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.2g} h"
+    days = seconds / 86400
+    return f"{days:.2g} days" if days < 10 else f"{days:.0f} days"
 
 
 def end_record(rule: str, reason: str, trust_guessed_end: bool) -> dict:

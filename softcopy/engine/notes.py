@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..units import counted
+
 # A busy source disk pauses the copiers, but never for good: another job's I/O can keep
 # a shared disk busy for hours. After this long, one batch goes out every TRICKLE_EVERY.
 MAX_PAUSE = 30.0
@@ -35,9 +37,9 @@ def why_stalled(s: Snapshot) -> str:
             f"after {MAX_PAUSE:.0f} s one batch goes out every {TRICKLE_EVERY:.0f} s"
         )
     if s.in_flight:
-        parts.append(f"{s.in_flight} file(s) in flight (a large file takes a while)")
+        parts.append(f"{counted(s.in_flight, 'file')} in flight (a large file takes a while)")
     if s.retrying:
-        parts.append(f"{s.retrying} file(s) waiting to be retried after errors")
+        parts.append(f"{counted(s.retrying, 'file')} waiting to be retried after errors")
     if s.unproven:
         parts.append(
             f"{s.unproven} copies waiting for the source's timestamp tick "
@@ -74,7 +76,7 @@ def waiting_for(
                 "value are never written, so that may never happen)"
             )
         elif temp_count:
-            text += f"; {temp_count} writer temporary file(s) remain"
+            text += f"; {counted(temp_count, 'writer temporary file')} remain"
     if idle_timeout is None:
         text += "; or give --idle-timeout SECONDS to end it after that long without changes"
     return text

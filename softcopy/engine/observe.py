@@ -5,6 +5,14 @@ Every observation goes into the ledger; what changed is reported to the engine
 view also keeps what the end rules look at: markers, the time of the last change
 and the longest pause between changes, writers' temporary files, and the
 source's timestamp granularity (racy.py).
+
+The last change is dated by the source itself where that makes an end sooner:
+the first listing sets it from the newest change it shows (max of mtime and ctime
+over files, directories and links), so a source quiet for an hour before softcopy
+started is quiet for an hour, not for the seconds since the start. Later changes
+are dated when they are seen; one that only the times show (a writer's temporary
+file come and gone) by its own time. Never later than now: a clock ahead of ours
+only delays an end.
 """
 
 from __future__ import annotations
@@ -13,7 +21,8 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from operator import attrgetter
 from pathlib import Path
 
 from ..errors import MetadataError, SoftcopyError, from_os_error
@@ -59,6 +68,9 @@ class SourceView:
         self.granularity = Granularity()
         self.last_change = time.monotonic()
         self.longest_pause = 0.0  # between two changes at the source
+        self.newest_ns = 0  # the newest change the last full listing showed (wall clock)
+        self.quiet_at_start = 0.0  # seconds the source was unchanged at the first listing
+        self._first_change = -1.0
         self.next_scan = 0.0
         self.files_at_source = 0  # at the last whole listing, wanted keys only
         self.bytes_at_source = 0
@@ -66,9 +78,15 @@ class SourceView:
         self._said_unreadable: set[str] = set()
         self._bad_metadata: dict[str, tuple[Version | None, ...]] = {}
         self.identity: tuple[int, int] | None = None  # the source directory's (dev, ino)
+        self.last_listing: ScanResult | None = None
 
-    def full_scan(self, initial: bool = False) -> int:
-        """List the whole source; returns how many keys changed. The source of truth."""
+    def full_scan(self, initial: bool = False, keep: bool = False) -> int:
+        """List the whole source; returns how many keys changed. The source of truth.
+
+        With `keep`, the listing stays in `last_listing` (the drain's last one is what
+        verification compares with: no listing of its own).
+        """
+        self.last_listing = None
         self._root_identity(initial)
         self.ledger.begin_sweep()
         self.unreadable.clear()
@@ -84,7 +102,10 @@ class SourceView:
         for key in self.ledger.end_sweep():
             changed += self.look(key)  # re-stat: it may have appeared after we listed it
         self.temp_count = len(result.temporary)
+        self._dated_by_source(newest_change_ns(self.src, result), initial)
         self.next_scan = time.monotonic() + self.scan_interval
+        if keep:
+            self.last_listing = result
         return changed
 
     def check_root(self) -> None:
@@ -231,6 +252,27 @@ class SourceView:
                 self._said_unreadable.add(key)
             self.unreadable[key + "/"] = error
 
+    @property
+    def unchanged_since_start(self) -> bool:
+        """Nothing changed since the first listing (which dated the last change)."""
+        return self.last_change == self._first_change
+
+    def _dated_by_source(self, newest_ns: int, initial: bool) -> None:
+        """Date the last change by the newest the listing shows, if that is later news."""
+        if not initial and newest_ns <= self.newest_ns:
+            return
+        self.newest_ns = newest_ns
+        now = time.monotonic()
+        at = now - max(0.0, time.time() - newest_ns / 1e9)
+        if initial:
+            # The first listing's backlog is no change now: the source's own times say when.
+            self.last_change = self._first_change = at
+            self.quiet_at_start = now - at
+            self._changes_seen = True
+        elif at > self.last_change:  # something the events missed (a deletion, say)
+            self.longest_pause = max(self.longest_pause, at - self.last_change)
+            self.last_change = at
+
     def _changed(self, keys: list[str], live: bool = True) -> None:
         """Bookkeeping for keys whose source version just changed."""
         if not keys:
@@ -241,6 +283,32 @@ class SourceView:
         self._changes_seen = True
         self.last_change = now
         self.on_change(keys, live)
+
+
+def newest_change_ns(root: str, result: ScanResult) -> int:
+    """The newest max(mtime, ctime) of everything a listing holds, in ns since the epoch.
+
+    Two passes at C speed over the files' versions, not a Python loop per file; writers'
+    temporary files (few) are stat'ed here: one being written changes no directory.
+    """
+    versions = result.files.values()
+    newest = max(
+        result.newest_other_ns,
+        max(map(attrgetter("mtime_ns"), versions), default=0),
+        max(map(attrgetter("ctime_ns"), versions), default=0),
+    )
+    return max(newest, *_temporary_times(root, result.temporary))
+
+
+def _temporary_times(root: str, keys: Iterable[str]) -> list[int]:
+    times = [0]
+    for key in keys:
+        try:
+            st = os.lstat(os.path.join(root, key))
+        except OSError:
+            continue  # renamed onto its final name meanwhile: that file's times count
+        times.append(max(st.st_mtime_ns, st.st_ctime_ns))
+    return times
 
 
 def _is_dir(path: str) -> bool:

@@ -6,7 +6,8 @@ real run's start and by `--dry-run`, which must say exactly what the run would d
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from ..sinks.base import Space
@@ -17,6 +18,7 @@ COMPARE = "compare"  # same size, not vouched for: compare bytes before rewritin
 COPY = "copy"  # absent or a different size at the destination
 DELETE = "delete"  # only in the destination, and the destination is softcopy's own
 KEEP_EXTRA = "keep"  # only in a foreign destination: left alone, reported by verification
+RECOPY = "re-copy"  # a COPY onto a file of another size (listed apart; counted as COPY)
 
 
 def decide(
@@ -50,6 +52,20 @@ class Plan:
         self.bytes[action] = self.bytes.get(action, 0) + size
 
 
+def actions(
+    source: Mapping[str, Version],
+    destination: Mapping[str, Version],
+    journaled: Mapping[str, tuple[Version, str]],
+    owned: bool,
+) -> Iterator[tuple[str, str, int]]:
+    """(key, action, size) for every key with something to decide, in no order."""
+    for key in source.keys() | destination.keys():
+        here, there = source.get(key), destination.get(key)
+        action = decide(here, there, journaled.get(key), owned)
+        if action is not None:
+            yield key, action, (here or there or Version(0, 0, 0, 0)).size
+
+
 def plan_all(
     source: Mapping[str, Version],
     destination: Mapping[str, Version],
@@ -57,12 +73,32 @@ def plan_all(
     owned: bool,
 ) -> Plan:
     plan = Plan()
-    for key in source.keys() | destination.keys():
-        here, there = source.get(key), destination.get(key)
-        action = decide(here, there, journaled.get(key), owned)
-        if action is not None:
-            plan.add(action, (here or there or Version(0, 0, 0, 0)).size)
+    for _, action, size in actions(source, destination, journaled, owned):
+        plan.add(action, size)
     return plan
+
+
+def plan_files(
+    source: Mapping[str, Version],
+    destination: Mapping[str, Version],
+    journaled: Mapping[str, tuple[Version, str]],
+    owned: bool,
+) -> list[tuple[str, str, int]]:
+    """What a run would do with each file, sorted by name (`--dry-run -v`, like `rsync -nv`).
+
+    Trusted files are left out, as rsync leaves out files that are up to date; a copy onto
+    a file of another size is RECOPY.
+    """
+    listed = []
+    for key, action, size in actions(source, destination, journaled, owned):
+        if action == TRUST:
+            continue
+        if action == COPY and key in destination:
+            action = RECOPY
+        listed.append((key, action, size))
+    # By the name's bytes, as `ls` in the C locale sorts: one order for any name.
+    listed.sort(key=lambda item: os.fsencode(item[0]))
+    return listed
 
 
 def plan_record(

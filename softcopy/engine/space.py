@@ -8,7 +8,7 @@ preflight check, so a full destination mid-copy gets its own message.
 from __future__ import annotations
 
 from ..sinks.base import Space
-from ..units import human_bytes
+from ..units import counted, human_bytes
 
 
 def preflight_problem(files: int, nbytes: int, space: Space) -> str | None:
@@ -16,7 +16,7 @@ def preflight_problem(files: int, nbytes: int, space: Space) -> str | None:
     if nbytes > space.free_bytes:
         return (
             f"{space.where} has {human_bytes(space.free_bytes)} free, but "
-            f"{human_bytes(nbytes)} in {files} files are still to be copied; free at least "
+            f"{human_bytes(nbytes)} in {counted(files, 'file')} still to be copied; free at least "
             f"{human_bytes(nbytes - space.free_bytes)} and run again"
         )
     if space.free_inodes is not None and files > space.free_inodes:
@@ -30,11 +30,11 @@ def preflight_problem(files: int, nbytes: int, space: Space) -> str | None:
 def full_problem(error: str, files: int, nbytes: int, space: Space) -> str:
     """What to say when the destination filled up mid-copy."""
     if space.free_inodes == 0:
-        problem = f"it is out of inodes, and {files} files are still to be copied"
+        problem = f"it is out of inodes, and {counted(files, 'file')} still to be copied"
     else:
         problem = (
             f"{human_bytes(space.free_bytes)} free, about {human_bytes(nbytes)} more needed "
-            f"for {files} files"
+            f"for {counted(files, 'file')}"
         )
     return (
         f"{error}: {space.where} is full ({problem}); nothing partial was left behind: free "

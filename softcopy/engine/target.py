@@ -37,10 +37,12 @@ from ..state.records import (
     Records,
     records_dir,
 )
+from ..state.runlog import RunLog
 from ..throttle import create_bucket
-from ..units import human_bytes
+from ..units import counted, human_bytes
 from ..verify.compare import Verification, compare_trees
 from ..verify.manifest import CERTIFICATE, MANIFEST
+from ..verify.sizes import SIZE_LIST
 from .backoff import Backoff
 from .checkpoint import Checkpoints
 from .claim import claim, previous_target, source_identity
@@ -58,7 +60,7 @@ from .ledger import Ledger
 from .notes import STALL_AFTER, Snapshot, waiting_for, waiting_note_after
 from .notes import why_stalled as stalled_text
 from .observe import UNKNOWN_VERSION, SourceView
-from .plan import COMPARE, DELETE, TRUST, decide, plan_record
+from .plan import COMPARE, COPY, DELETE, TRUST, decide, plan_files, plan_record
 from .racy import UnprovenCopies, coarse_clock_ns
 from .report import EVERY as REPORT_EVERY
 from .report import Progress
@@ -70,6 +72,9 @@ log = logging.getLogger(__name__)
 
 _SUPERVISOR_NICE = 10
 _LOG_EVERY = 10.0
+# The loop's longest sleep while copying, and how often it reads change notifications.
+_BUSY_WAIT = 0.5
+_EVENTS_EVERY = 0.05
 _ARRAY_METADATA = ("zarr.json", ".zarray")
 _NODE_METADATA = ("zarr.json", ".zarray", ".zgroup")  # str.endswith: cheap on a million keys
 # The destination holds a copy whose source version is not proven (racy.py): it is
@@ -116,6 +121,7 @@ class Supervisor:
             cfg.idle_timeout,
             cfg.settle,
             cfg.sentinel_fallbacks,
+            cfg.finished_after,
         )
         self.fatal: SoftcopyError | None = None
         self.queue_empty = False
@@ -132,6 +138,7 @@ class Supervisor:
         self._last_advance = time.monotonic()  # last outcome from a copier
         self._said_stall = ""
         self._said_waiting = False
+        self._copies_sent = False  # since the last back-off check: copying, not comparing
 
     # ---- the whole run --------------------------------------------------------------
 
@@ -192,8 +199,9 @@ class Supervisor:
             self.cfg.nprocs,
             copier_options(self.cfg, tuple(limits), sink=self.sink.spec),
         )
-        log.info("%s: copying to %s with %d copiers", self.src, self.dst, self.cfg.nprocs)
-        self.backoff.check()
+        copiers = counted(self.cfg.nprocs, "copier")
+        log.info("%s: copying to %s with %s", self.src, self.dst, copiers)
+        self.backoff.check(copying=self.ledger.pending_count() > len(self.compare_first))
         reason = self._loop(finishing=False)
         if reason is None:
             return self._interrupted()
@@ -265,6 +273,10 @@ class Supervisor:
             self.cfg.state_dir or default_state_dir(), self.dst, self.src, self.cfg.reset_journal
         )
         self.summary.plan = plan_record(here, there, journaled, owned, self.sink.space())
+        self.summary.plan_files = plan_files(here, there, journaled, owned)
+        if self.cfg.file_events:
+            for key, action, size in self.summary.plan_files:
+                self._emit(Event.PLAN_FILE, key=key, action=action, size=size)
         self.summary.files_at_source = len(here) + len(src.links)
         self.summary.bytes_at_source = sum(v.size for v in here.values())
         self.summary.state = State.DRY_RUN
@@ -341,10 +353,11 @@ class Supervisor:
         # Files in the destination that the source lacks are deleted only when the
         # destination is ours: new, or made by softcopy from this same source.
         self.owned = claim(self.cfg, existed, previous_target(records))
+        self._claimed = True  # the run log is written only into a destination that is ours
         records.remove_stale_temporaries()
         # Whatever a previous run certified no longer holds once this run writes:
         # a cleanup script must never find a certificate for a copy in progress.
-        for stale in (CERTIFICATE, MANIFEST, "summary.json"):
+        for stale in (CERTIFICATE, MANIFEST, SIZE_LIST, "summary.json"):
             records.unlink(stale)
         if self.owned:
             # Recorded only for a destination softcopy made: a foreign one stays foreign
@@ -372,9 +385,13 @@ class Supervisor:
         journaled = self.journal.copied_files()
         dst = self.sink.listing()
         self.sink.remove_temporaries(dst.temporary)  # a crashed run's partial files
-        for key, there in dst.files.items():
-            if not self.select.wanted(key):
-                continue  # markers come last, after verification; excluded files are not ours
+        self._replacing = set()  # keys whose copy replaces a file of another size
+        # markers come last, after verification; excluded files are not ours
+        wanted = self.select.wanted
+        ours = ((k, v) for k, v in dst.files.items() if wanted(k))
+        trusted, rest = self.ledger.trust_journaled(ours, journaled)  # a rerun's bulk
+        self.summary.files_already_there += trusted
+        for key, there in rest:
             here = self.ledger.source(key)
             action = decide(here, there, journaled.get(key), self.owned)
             if action == DELETE:
@@ -384,6 +401,8 @@ class Supervisor:
                 self.summary.files_already_there += 1
             elif action == COMPARE:
                 self.compare_first.add(key)
+            elif action == COPY and here is not None:
+                self._replacing.add(key)  # its copy is a re-copy (the run log says so)
         for key in dst.links:
             if not self.select.wanted(key):
                 # Not ours either: a link where a marker goes, or under --exclude. In the
@@ -424,24 +443,50 @@ class Supervisor:
         skip = self.retry.skip()
         if self.backoff.paused:
             if not self.backoff.trickle(now):
-                # Whether anything is left must be known while paused too: a drain with
-                # nothing to copy ends whatever the disk is doing.
-                peek = self.ledger.take(1, skip=skip)
-                for key in peek:
-                    self.ledger.set_inflight(key, False)
-                    self.ledger.requeue(key)
-                self.queue_empty = not peek and not self.retry.deferred
+                self._dispatch_while_paused(idle, skip)
                 return
             idle = idle[:1]
         keys = self.ledger.take(self.cfg.batch_size * len(idle), skip=skip)
         if keys and not self.kind.has_expected_set:
             keys = self._settled(keys, now)
         self.queue_empty = not keys and not self.retry.deferred
+        if not self._copies_sent:
+            self._copies_sent = any(k not in self.compare_first for k in keys)
         # Spread a short queue over every idle copier: lag matters more than batching then.
         for n, copier in enumerate(idle):
             batch = keys[n :: len(idle)]
             if batch:
                 self.pool.send(copier, [(k, k in self.compare_first) for k in batch])
+
+    def _dispatch_while_paused(self, idle: list, skip: set[str]) -> None:
+        """Only copying waits for a busy disk: comparing what the destination already holds
+        is verification, and a rerun that has nothing to copy must not wait for other jobs."""
+        assert self.pool is not None
+        limit = self.cfg.batch_size * len(idle)
+        keys = []
+        for key in self.compare_first:
+            if len(keys) >= limit:
+                break
+            if key not in skip and self.ledger.needs_work(key):
+                keys.append(key)
+        for key in keys:
+            self.ledger.set_inflight(key, True)
+        for n, copier in enumerate(idle):
+            batch = keys[n :: len(idle)]
+            if batch:
+                self.pool.send(copier, [(k, True) for k in batch])
+        # Whether anything is left must be known while paused too: a drain with
+        # nothing to copy ends whatever the disk is doing.
+        peek = self.ledger.take(1, skip=skip)
+        for key in peek:
+            self.ledger.set_inflight(key, False)
+            self.ledger.requeue(key)
+        self.queue_empty = not keys and not peek and not self.retry.deferred
+
+    def _copy_work(self) -> bool:
+        """Copies sent since the last look, or pending beyond comparisons (the last count)."""
+        sent, self._copies_sent = self._copies_sent, False
+        return sent or self.progress.pending[0] > len(self.compare_first)
 
     def _settled(self, keys: list[str], now: float) -> list[str]:
         """Plain writers write in place: copy a file only once it stopped changing."""
@@ -469,6 +514,13 @@ class Supervisor:
             self._last_advance = time.monotonic()
         for o in outcomes:
             if o.status in (COPIED, SAME):
+                # Before the ledger forgets it: did the destination hold another version?
+                replaced = o.key in self._replacing
+                if replaced:
+                    self._replacing.discard(o.key)
+                replaced = o.status == COPIED and (
+                    replaced or o.key in self.compare_first or self.ledger.copied(o.key) is not None
+                )
                 self.ledger.set_copied(o.key, o.version, o.digest)
                 self.compare_first.discard(o.key)
                 self.retry.succeeded(o.key)
@@ -483,6 +535,12 @@ class Supervisor:
                 if o.status == COPIED:
                     self.summary.files_copied += 1
                     self.summary.bytes_copied += o.nbytes
+                    self._file_event(
+                        Event.FILE_RECOPIED if replaced else Event.FILE_COPIED,
+                        o.key,
+                        size=o.nbytes,
+                        **({"digest": o.digest} if o.digest else {}),
+                    )
                 else:
                     self.summary.files_already_there += 1
                 if self.ledger.source(o.key) != o.version:
@@ -497,6 +555,7 @@ class Supervisor:
                 self.checkpoints.deleted.append(o.key)
                 self.view.look(o.key)
                 self.summary.files_deleted += 1
+                self._file_event(Event.FILE_DELETED, o.key)
             elif o.status == CHANGED:
                 self.ledger.set_inflight(o.key, False)
                 self.view.look(o.key)
@@ -504,6 +563,80 @@ class Supervisor:
             elif o.status == FAILED:
                 self.ledger.set_inflight(o.key, False)
                 self._failed(o.key, o.error, o.errno)
+                if o.key in self.retry.failed:  # given up on: _failed emitted file_failed
+                    self._log_line(Event.FILE_FAILED, o.key, error=o.error)
+        if self._runlog is not None and (self.pool is None or not self.pool.in_flight()):
+            self._runlog.flush()  # the copiers are idle: nothing to batch it with
+
+    # ---- what happened, per file ---------------------------------------------------------
+
+    _runlog: RunLog | None = None  # opened on the first line, once the records are locked
+    _claimed = False  # the destination passed `claim`
+    _replacing: set[str] = frozenset()  # type: ignore[assignment]  # a set from the start on
+
+    def _file_event(self, event: str, key: str, **fields: object) -> None:
+        """One file's outcome: always in the run log, in the events with --file-events."""
+        record = self._log_line(event, key, **fields)
+        if self.cfg.file_events and self.events is not None:
+            self.events(record)
+
+    def _log_line(self, event: str, key: str, **fields: object) -> dict:
+        record = {
+            "event": event,
+            "time": time.time(),
+            "source": self.src,
+            "destination": self.dst,
+            "key": key,
+        } | fields
+        runlog = self._run_log()
+        if runlog is not None:
+            runlog.add({"schema": 1} | record)
+        return record
+
+    def _run_log(self) -> RunLog | None:
+        """The records folder's log.jsonl, only while this run holds its lock."""
+        if self._runlog is None and self.records is not None and self._claimed:
+            self._runlog = RunLog(self.records)
+            self._runlog.add(
+                {
+                    "schema": 1,
+                    "event": Event.RUN_STARTED,
+                    "time": self._wall_started,
+                    "source": self.src,
+                    "destination": self.dst,
+                    "pid": os.getpid(),
+                    "version": __version__,
+                    "hash": self.cfg.hash,
+                }
+            )
+        return self._runlog
+
+    def _end_run_log(self) -> None:
+        """The run's last line: how it ended, with the summary's counts."""
+        runlog = self._run_log()
+        if runlog is None:
+            return
+        s = self.summary
+        runlog.add(
+            {
+                "schema": 1,
+                "event": Event.RUN_ENDED,
+                "time": time.time(),
+                "source": self.src,
+                "destination": self.dst,
+                "state": str(s.state),
+                "end_rule": s.end_rule,
+                "error": s.error,
+                "files_copied": s.files_copied,
+                "bytes_copied": s.bytes_copied,
+                "files_deleted": s.files_deleted,
+                "files_already_there": s.files_already_there,
+                "files_failed": len(s.failures),
+                "seconds": s.seconds,
+            }
+        )
+        runlog.flush()
+        self._runlog = None
 
     def _recheck_racy(self) -> None:
         """Copies whose tick has passed: compare them with the source once more."""
@@ -547,6 +680,9 @@ class Supervisor:
     def _loop(self, finishing: bool) -> str | None:
         """Run until finished (returns why) or, when finishing, until nothing is left to do."""
         assert self.pool is not None
+        if self.backoff.pressure is not None:
+            self.backoff.pressure.watch_own(self.pool.pids)
+        events_read = 0.0  # when change notifications were last read
         while True:
             if self.stop.level:
                 return None
@@ -562,13 +698,21 @@ class Supervisor:
                 reason = self._finished(now)
                 if reason:
                     return reason
+            # A stop and a copier's outcome wake the loop at once. Change notifications are
+            # read in batches, at most every _EVENTS_EVERY: a writer making thousands of files
+            # a second then costs the supervisor a few wake-ups, not one per file.
             sources = [self.stop, *self.pool.connections()]
-            if self.view.watcher is not None:
+            events_due = events_read + _EVENTS_EVERY - now
+            if self.view.watcher is not None and events_due <= 0:
                 sources.append(self.view.watcher)
-            ready = wait(sources, 0.5)
+            timeout = self._wait_timeout(now)
+            if self.view.watcher is not None and events_due > 0:
+                timeout = min(timeout, events_due)
+            ready = wait(sources, timeout)
             for source in ready:
                 if source is self.view.watcher:
                     self.view.on_events()
+                    events_read = time.monotonic()
                 elif source is not self.stop:
                     self._on_results(source)
             now = time.monotonic()
@@ -577,9 +721,21 @@ class Supervisor:
             if self.checkpoints.due(now):
                 self._checkpoint()
             if now - self.progress.last >= REPORT_EVERY:
-                self.backoff.check()
+                self.backoff.check(copying=self._copy_work())
                 self._report_progress()
                 self._say_why_no_progress(now, finishing)
+
+    def _wait_timeout(self, now: float) -> float:
+        """How long the loop may sleep when nothing wakes it.
+
+        With work on hand, _BUSY_WAIT (retries and re-checks fall due in between). With
+        nothing to do, until the next progress report or full listing: an idle copy of a
+        finished acquisition wakes about once a second, not twice.
+        """
+        if not self._idle():
+            return _BUSY_WAIT
+        until = min(self.progress.last + REPORT_EVERY, self.view.next_scan) - now
+        return min(REPORT_EVERY, max(0.01, until))
 
     def _finished(self, now: float) -> str:
         """Why the writer is done ("" while it is not); sets the rule in summary.end_rule."""
@@ -607,6 +763,8 @@ class Supervisor:
             all_expected_present=settle_due and self.ledger.all_expected_present(),
             temp_count=self.view.temp_count,
             has_expected_set=grid,
+            # An old source counts as finished only while nothing changed since the start.
+            quiet_at_start=self.view.quiet_at_start if self.view.unchanged_since_start else 0.0,
         )
         end = end_of(self.rules, seen)
         if end is None:
@@ -674,7 +832,7 @@ class Supervisor:
         """What would end a run that has copied everything there is."""
         cfg = self.cfg
         return waiting_for(
-            quiet=time.monotonic() - max(self.view.last_change, self._started),
+            quiet=time.monotonic() - self.view.last_change,  # dated by the source's times
             complete_marker=cfg.complete_marker,
             sentinels=cfg.sentinels + cfg.sentinel_fallbacks,
             expected=self.ledger.expected_counts() if self.kind.has_expected_set else None,
@@ -685,11 +843,13 @@ class Supervisor:
     def _drain(self) -> bool:
         """Copy everything left, then list again until a listing finds nothing new."""
         while True:
-            self.view.full_scan()
+            # A listing that finds nothing new while nothing is left ends the drain; when the
+            # end was seen with nothing to copy (a rerun), that is the first listing.
+            if self.view.full_scan(keep=True) == 0 and self._idle() and not self._outstanding():
+                return True
+            self.view.last_listing = None  # not the last one: no need to hold it while copying
             if self._loop(finishing=True) is None:
                 return False
-            if self.view.full_scan() == 0 and not self._outstanding():
-                return True
 
     def _outstanding(self) -> int:
         """Keys that still need work and may still get it (not given up on)."""
@@ -752,7 +912,10 @@ class Supervisor:
         # dropped per file before it is read), not what the page cache remembers.
         self.sink.flush()
         self.view.check_root()
-        source_scan = scan_tree(self.src)
+        # The drain ended on a listing that found nothing new with nothing left to copy:
+        # the source as verified, taken after the last copy, checked for a vanished root.
+        source_scan = self.view.last_listing or scan_tree(self.src)
+        self.view.last_listing = None
         self.view.check_root()  # a root gone mid-listing lists as empty
         markers = sorted(
             (k for k in source_scan.files.keys() | source_scan.links if self.select.is_marker(k)),
@@ -799,10 +962,16 @@ class Supervisor:
 
     def _certify(self, verification: Verification, digests: dict[str, str]) -> None:
         """The records a facility's cleanup script reads before it frees the source."""
+        from .end import size_entries, write_size_list_of
+
         records = self.records
         assert records is not None
         write_summary(records, self.summary)
         manifest_blake3 = write_manifest_of(records, digests) if self.cfg.hash else None
+        # Markers are at the root, published after verification: the list covers them too.
+        markers = [n for n in os.listdir(self.dst) if self.select.is_marker(n)]
+        sizes = size_entries(verification, self.dst, markers)
+        size_list_blake3 = write_size_list_of(records, sizes)
         record = certificate(
             self.summary,
             verification,
@@ -813,6 +982,8 @@ class Supervisor:
             marker_bytes=self._marker_bytes,
             chunks=self.ledger.expected_counts(),
             manifest_blake3=manifest_blake3,
+            selection=self.select,
+            size_list_blake3=size_list_blake3,
         )
         write_certificate_to(records, record)
 
@@ -843,6 +1014,7 @@ class Supervisor:
             finally:
                 self.journal.close()
                 self.journal = None
+        self._end_run_log()  # while the records (and their lock) are still ours
         self.sink.close()  # the records, and with them both locks
         self.records = None
 

@@ -254,7 +254,7 @@ def check(cfg: WatchConfig) -> None:
         raise ConfigError(
             dest, "watch", f"DEST_ROOT and SOURCE_ROOT overlap: {exc.problem}"
         ) from exc
-    apply_preset(cfg.options, "command line")
+    apply_preset(cfg.options, "on the command line")
     for option, command in (("--on-done", cfg.on_done), ("--on-failed", cfg.on_failed)):
         if command:
             check_hook(command, option)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import os
 import re
 import stat
@@ -113,6 +112,8 @@ def temp_name(name: str) -> str:
     looks_hashed = name.endswith(_HASHED_SUFFIX) and _HASHED.fullmatch(name) is not None
     if len(raw) + len(TEMP_PREFIX) <= NAME_MAX and not looks_hashed:
         return TEMP_PREFIX + name
+    import hashlib  # rare: a copier loads OpenSSL only for a name this long
+
     return TEMP_PREFIX + hashlib.blake2b(raw, digest_size=20).hexdigest() + _HASHED_SUFFIX
 
 
@@ -465,7 +466,17 @@ class LocalDirectory:
         dst = Path(self.root)
         if os.path.lexists(dst) and (dst.is_symlink() or not dst.is_dir()):
             raise ConfigError(dst, "use destination", describe(dst))
-        self.records = Records.open(records_dir(dst))
+        records = records_dir(dst)
+        try:
+            self.records = Records.open(records)
+        except SoftcopyError as exc:
+            if exc.action != "create records folder":
+                raise  # a problem of the records folder itself: it names that folder
+            # The user gave DEST: name it, and the records folder second.
+            raise type(exc)(
+                dst, "copy to destination", f"{exc.problem}; softcopy could not create its "
+                f"records folder {records} beside it",
+            ) from exc  # fmt: skip
         if not self.records.lock():
             raise ConfigError(dst, "copy to destination", _BUSY)
 

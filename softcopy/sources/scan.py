@@ -58,6 +58,9 @@ class ScanResult:
     temporary: list[str] = field(default_factory=list)
     directories: list[str] = field(default_factory=list)
     errors: list[tuple[str, OSError]] = field(default_factory=list)
+    # The newest max(mtime, ctime) in ns of the directories and links listed (the files'
+    # are in their versions): a deletion or a rename changes only its directory's times.
+    newest_other_ns: int = 0
 
 
 def walk(
@@ -114,27 +117,70 @@ def walk(
 
 
 def scan_tree(root: str, rel: str = "", on_dir: Callable[[str], None] | None = None) -> ScanResult:
-    """A full listing of root/rel: the source of truth that events only hint at."""
+    """A full listing of root/rel: the source of truth that events only hint at.
+
+    The same listing as `walk`, in one loop: at 200,000 files a generator's yield and a
+    function call per file are a third of the time. One `lstat` per file (the directory
+    entry's, `d_type` tells directories apart without one) and one per directory.
+    """
     result = ScanResult()
-
-    def note_dir(key: str) -> None:
-        result.directories.append(key)
-        if on_dir is not None:
-            on_dir(key)
-
-    def note_error(key: str, exc: OSError) -> None:
-        result.errors.append((key, exc))
-
-    files = result.files
+    files, links, temporary = result.files, result.links, result.temporary
+    directories, errors = result.directories, result.errors
     is_reg, is_lnk = stat.S_ISREG, stat.S_ISLNK
-    for key, st, temporary in walk(root, rel, note_dir, note_error):
-        if temporary:
-            result.temporary.append(key)
-        elif is_reg(st.st_mode):  # type: ignore[union-attr]
-            files[key] = Version(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)  # type: ignore[union-attr]
-        elif is_lnk(st.st_mode):  # type: ignore[union-attr]
-            result.links.add(key)
-        # sockets, fifos, devices: not data, never copied
+    make = tuple.__new__  # a Version without NamedTuple's argument handling per file
+    temp_search = _WRITER_TEMP.search
+    newest = 0
+    stack = [rel]
+    while stack:
+        current = stack.pop()
+        directories.append(current)
+        if on_dir is not None:
+            on_dir(current)
+        path = os.path.join(root, current) if current else root
+        try:
+            st = os.lstat(path)
+            newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
+        except OSError:
+            pass  # gone, or unreadable: the listing itself says so
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # the writer deleted it while we walked
+        except OSError as exc:
+            if not current:
+                raise
+            errors.append((current, exc))
+            continue
+        prefix = f"{current}/" if current else ""
+        for entry in entries:
+            name = entry.name
+            key = prefix + name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(key)
+                    continue
+                if name.startswith(TEMP_PREFIX) or (
+                    name.endswith(_TEMP_ENDINGS) and temp_search(name) is not None
+                ):
+                    temporary.append(key)
+                    continue
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                # One file that cannot be examined (EIO, ENOTCONN on a network mount) is
+                # that file's problem, not the whole scan's.
+                errors.append((key, exc))
+                continue
+            mode = st.st_mode
+            if is_reg(mode):
+                files[key] = make(Version, (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+            elif is_lnk(mode):
+                links.add(key)
+                newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
+            # sockets, fifos, devices: not data, never copied
+    result.newest_other_ns = newest
     return result
 
 

@@ -26,6 +26,8 @@ class Selection:
 
     def wanted(self, key: str) -> bool:
         """A key copied with the data: not a marker, included, not excluded."""
+        if not (self.sentinels or self.include or self.exclude):
+            return "/" in key or key != self.complete_marker  # per file per listing: no loops
         if self.is_marker(key):
             return False
         if self.include and not any(fnmatch.fnmatchcase(key, p) for p in self.include):

@@ -7,16 +7,24 @@ whole tree when the kernel queue overflowed.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
 from dataclasses import dataclass
 
+import inotify_simple
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
 from ..errors import SoftcopyError
 from .scan import is_temporary, join_key
+
+# inotify_simple finds libc with ctypes.util.find_library, which starts a process
+# (`ldconfig -p`) in every run: 2-8 ms, far more on a busy machine. The running program's own
+# symbols already hold libc's inotify calls. An inotify_simple without this global never reads it.
+if getattr(inotify_simple, "_libc", None) is None:
+    inotify_simple._libc = ctypes.CDLL(None, use_errno=True)
 
 log = logging.getLogger(__name__)
 

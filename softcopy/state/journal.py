@@ -631,7 +631,13 @@ def _copied(db: sqlite3.Connection, target: int) -> dict[str, tuple[Version, str
     rows = db.execute(
         f"SELECT key, size, mtime_ns, ino, {ctime}, digest FROM files WHERE target = ?", (target,)
     )
-    return {from_db(k): (Version(s, m, i, c), d) for k, s, m, i, c, d in rows}
+    # A rerun reads every row: streamed (no list of them all beside the dict), Versions made
+    # without NamedTuple's argument handling, UTF-8 keys (nearly all) taken as they come.
+    make = tuple.__new__
+    return {
+        (k if k.__class__ is str else from_db(k)): (make(Version, (s, m, i, c)), d)
+        for k, s, m, i, c, d in rows
+    }
 
 
 def read_status(state_dir: Path) -> list[dict[str, Any]]:

@@ -8,6 +8,8 @@ the service's memory once it ended: the journal is the list.
 
 from __future__ import annotations
 
+import os
+import socket
 import sqlite3
 import time
 from datetime import UTC, datetime
@@ -15,7 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .journal import JOURNAL, _inspect, _translate, from_db, open_db, to_db
+from ..names import shown
+from .journal import (
+    JOURNAL,
+    _inspect,
+    _translate,
+    from_db,
+    open_db,
+    process_start,
+    read_status,
+    to_db,
+)
 
 # A run's states, in the order it goes through them (`released`: its source was freed).
 WAITING, COPYING, VERIFYING, DONE, RETRY, FAILED, RELEASED = (
@@ -250,5 +262,131 @@ def record_release(state_dir: Path, destination: str, record: dict[str, Any]) ->
             )
     except sqlite3.Error as exc:
         raise _translate(state_dir / JOURNAL, "record release in journal", exc) from exc
+    finally:
+        db.close()
+
+
+# ---- forgetting: `softcopy forget` and `softcopy status --prune` ---------------------------
+
+# What `--prune` removes: entries that ended, however they ended (`interrupted`: a target
+# whose process is gone). A run waiting for a retry is not finished.
+FINISHED_TARGETS = frozenset({"done", "failed", "released", "interrupted"})
+FINISHED_RUNS = frozenset({DONE, FAILED, RELEASED})
+
+
+def candidates(name: str) -> set[str]:
+    """The forms a user may type one path in: as given, absolute, and with links resolved
+    (the journal holds destinations as made absolute when the copy started)."""
+    found = {name, os.path.abspath(name)}
+    try:
+        found.add(os.path.realpath(name))
+    except OSError:
+        pass
+    return found
+
+
+def matching(
+    targets: list[dict[str, Any]], runs: list[dict[str, Any]], name: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The targets (by destination or source) and runs (by name, source or destination)
+    that `name` names, and the targets of those runs' copies."""
+    paths = candidates(name)
+    chosen_runs = [
+        r for r in runs if r["run"] == name or r["source"] in paths or r["destination"] in paths
+    ]
+    copies = {r["destination"] for r in chosen_runs}
+    chosen = [
+        t
+        for t in targets
+        if t["destination"] in paths or t["source"] in paths or t["destination"] in copies
+    ]
+    return chosen, chosen_runs
+
+
+def run_running(row: dict[str, Any]) -> bool:
+    """A run some watcher may be copying now: copying or verifying, and its watcher not
+    provably gone (one on another host cannot be checked from here)."""
+    if row["state"] not in (COPYING, VERIFYING):
+        return False
+    host, _, pid = str(row["owner"]).rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        return process_start(int(pid)) is not None
+    return bool(row["owner"])
+
+
+def forget(state_dir: Path, name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Remove from the journal the targets and runs `name` names (a destination, a source,
+    or a run's name), with their files and failures; (targets, runs) removed. Refused,
+    removing nothing, when one is running or when nothing has that name. The copy and its
+    records are left as they are: a later run of it compares what it finds, not trusts."""
+    path = state_dir / JOURNAL
+    targets, runs = matching(read_status(state_dir), read_runs(state_dir), name)
+    action = f"forget {name}"
+    if not targets and not runs:
+        raise ConfigError(
+            path,
+            action,
+            "the journal has no target or run of that name (give a destination or source "
+            "path, or a run's name, as `softcopy status` shows them)",
+        )
+    busy = [t["destination"] for t in targets if t["state"] not in FINISHED_TARGETS]
+    busy += [r["destination"] for r in runs if run_running(r)]
+    if busy:
+        raise ConfigError(
+            path,
+            action,
+            f"it is running ({shown(busy[0])}); stop it first, or wait until it ends",
+        )
+    _delete(path, action, targets, runs)
+    return targets, runs
+
+
+def prune(
+    state_dir: Path, older_than: float, now: float | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Remove finished targets and runs whose last activity is more than `older_than`
+    seconds ago; (targets, runs) removed. A target whose copy belongs to a run that stays
+    keeps its records, so a retry still trusts what it copied."""
+    path = state_dir / JOURNAL
+    if not path.exists() or path.stat().st_size == 0:
+        return [], []
+    cutoff = (time.time() if now is None else now) - older_than
+    every_run = read_runs(state_dir)
+    runs = [
+        r
+        for r in every_run
+        if r["state"] in FINISHED_RUNS and (r["ended"] or r["discovered"]) < cutoff
+    ]
+    kept = {r["destination"] for r in every_run} - {r["destination"] for r in runs}
+    targets = [
+        t
+        for t in read_status(state_dir)
+        if t["state"] in FINISHED_TARGETS and t["updated"] < cutoff and t["destination"] not in kept
+    ]
+    if targets or runs:
+        _delete(path, "prune journal", targets, runs)
+    return targets, runs
+
+
+def _delete(
+    path: Path, action: str, targets: list[dict[str, Any]], runs: list[dict[str, Any]]
+) -> None:
+    db = open_db(path.parent)
+    try:
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            # Only rows unchanged since they were judged: a copy that started again since
+            # (its row updated) keeps its records. Files and failures go with their
+            # target (ON DELETE CASCADE).
+            db.executemany(
+                "DELETE FROM targets WHERE id = ? AND updated = ?",
+                ((t["id"], t["updated"]) for t in targets),
+            )
+            db.executemany(
+                "DELETE FROM runs WHERE id = ? AND state = ?",
+                ((r["id"], r["state"]) for r in runs),
+            )
+    except sqlite3.Error as exc:
+        raise _translate(path, action, exc) from exc
     finally:
         db.close()

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import MetadataError
@@ -14,19 +15,25 @@ from ..sources.scan import ScanResult, Version, scan_tree
 from ..zarr.layout import attributes_problem, metadata_kind, read_node
 from .hashing import hash_files
 
+# `{against}` is what the destination is compared with: the source, or (the source long
+# gone) the manifest or the size list the copy left in its records.
 _TEMPLATES = {
-    "missing": "missing: {key} (in the source, not in the destination)",
-    "extra": "extra: {key} (in the destination, not in the source)",
-    "size": "size differs: {key} source {source} destination {destination}",
-    "content": "content differs: {key} source {source} destination {destination}",
-    "type": "type differs: {key} source is a {source}, destination a {destination}",
-    "link": "link target differs: {key} source -> {source}, destination -> {destination}",
+    "missing": "missing: {key} (in the {against}, not in the destination)",
+    "extra": "extra: {key} (in the destination, not in the {against})",
+    "size": "size differs: {key} {against} {source} destination {destination}",
+    "mtime": "modification time differs: {key} {against} {source} destination {destination}",
+    "content": "content differs: {key} {against} {source} destination {destination}",
+    "type": "type differs: {key} {against} is a {source}, destination a {destination}",
+    "link": "link target differs: {key} {against} -> {source}, destination -> {destination}",
     "leftover": "temporary file left in the destination: {key}",
     "metadata": "metadata does not parse: {key}: {detail}",
     "decode": "does not decode: {key}: {detail}",
     "unreadable": "cannot read: {key}: {detail}",
     "manifest": "not in the manifest: {key}",
+    "size list": "not in the size list: {key}",
 }
+
+SOURCE, MANIFEST, SIZE_LIST = "source", "manifest", "size list"
 
 
 # The name `status` and older callers use; one function shows every name (names.shown).
@@ -40,6 +47,7 @@ class Finding:
     detail: str = ""
     source: object = None
     destination: object = None
+    against: str = SOURCE  # what `source` is: the source tree, the manifest, the size list
 
     def __str__(self) -> str:
         fields = {k: shown(v) if isinstance(v, str) else v for k, v in asdict(self).items()}
@@ -48,13 +56,20 @@ class Finding:
         return _TEMPLATES[self.kind].format(**fields)
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v not in (None, "")}
+        # `against` only when it is not the source: records of a two-tree check keep their form.
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if v not in (None, "") and not (k == "against" and v == SOURCE)
+        }
 
 
 @dataclass
 class Verification:
     findings: list[Finding] = field(default_factory=list)
     digests: dict[str, str] = field(default_factory=dict)  # destination BLAKE3 per file
+    # What the destination held of each file found equal: (size, mtime_ns), the size list.
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     files: int = 0
     bytes: int = 0
     links: int = 0
@@ -119,6 +134,7 @@ def compare_trees(
             same_size.append(key)
     result.files = len(same_size)
     result.bytes = sum(dst.files[k].size for k in same_size)
+    result.sizes = {k: (dst.files[k].size, dst.files[k].mtime_ns) for k in same_size}
     if hashes:
         _compare_content(
             source, destination, src, same_size, known or {}, workers, executor, result
@@ -201,19 +217,22 @@ def check_manifest(
     digests: Mapping[str, str],
     workers: int = 4,
     executor: Executor | None = None,
+    keep: Callable[[str], bool] | None = None,
 ) -> Verification:
     """A destination against its manifest alone: months later, the source long gone.
 
-    `executor` runs the reads (default: a pool of `workers` threads).
+    `executor` runs the reads (default: a pool of `workers` threads). `keep`: the
+    include/exclude the copy (and the check) chose; other keys are left out on both sides.
     """
     dst = scan_tree(destination)
     result = Verification()
     findings = result.findings
     # Links are not in a manifest (b3sum would hash what they point to), so not extras.
-    present = set(dst.files) - dst.links
-    findings += [Finding("missing", k) for k in sorted(set(digests) - present)]
-    findings += [Finding("manifest", k) for k in sorted(present - set(digests))]
-    keys = sorted(present & set(digests))
+    present = _kept(set(dst.files) - dst.links, keep)
+    listed = _kept(set(digests), keep)
+    findings += [Finding("missing", k, against=MANIFEST) for k in sorted(listed - present)]
+    findings += [Finding("manifest", k) for k in sorted(present - listed)]
+    keys = sorted(present & listed)
     result.files = len(keys)
     result.bytes = sum(dst.files[k].size for k in keys)
     result.links = len(dst.links)
@@ -222,9 +241,73 @@ def check_manifest(
             findings.append(Finding("unreadable", key, str(exc)))
         elif digest != digests[key]:
             findings.append(
-                Finding("content", key, source=digests[key][:16], destination=digest[:16])
+                Finding(
+                    "content",
+                    key,
+                    source=digests[key][:16],
+                    destination=digest[:16],
+                    against=MANIFEST,
+                )
             )
         else:
             result.digests[key] = digest
     findings.sort(key=lambda f: (f.kind, f.key))
     return result
+
+
+def check_sizes(
+    destination: str,
+    listed: Mapping[str, tuple[int, int]],
+    keep: Callable[[str], bool] | None = None,
+) -> Verification:
+    """A destination against the size list its copy left (key -> size, mtime_ns): for a
+    copy made without --hash, checked later without the source. Copies keep their
+    mtime, so a file rewritten since (same size or not) shows as a difference."""
+    dst = scan_tree(destination)
+    result = Verification()
+    findings = result.findings
+    for key in sorted(dst.temporary):
+        findings.append(Finding("leftover", key))
+    for key, exc in dst.errors:
+        findings.append(Finding("unreadable", key, f"destination: {os.strerror(exc.errno or 0)}"))
+    # Links are not in the list (their target is what a link holds, not a size).
+    present = _kept(set(dst.files) - dst.links, keep)
+    wanted = _kept(set(listed), keep)
+    findings += [Finding("missing", k, against=SIZE_LIST) for k in sorted(wanted - present)]
+    findings += [Finding("size list", k) for k in sorted(present - wanted)]
+    same = 0
+    for key in sorted(present & wanted):
+        size, mtime_ns = listed[key]
+        held = dst.files[key]
+        if held.size != size:
+            findings.append(
+                Finding("size", key, source=size, destination=held.size, against=SIZE_LIST)
+            )
+        elif held.mtime_ns != mtime_ns:
+            findings.append(
+                Finding(
+                    "mtime",
+                    key,
+                    source=_when(mtime_ns),
+                    destination=_when(held.mtime_ns),
+                    against=SIZE_LIST,
+                )
+            )
+        else:
+            same += 1
+            result.bytes += size
+    result.files = same
+    result.links = len(dst.links)
+    findings += check_metadata(destination, dst)
+    return result
+
+
+def _kept(keys: set[str], keep: Callable[[str], bool] | None) -> set[str]:
+    return keys if keep is None else {k for k in keys if keep(k)}
+
+
+def _when(ns: int) -> str:
+    """A modification time to the nanosecond, in UTC, for a finding."""
+    seconds, frac = divmod(ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{frac:09d}Z"

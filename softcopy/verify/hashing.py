@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from blake3 import blake3
+
+if TYPE_CHECKING:  # a copier imports this module for its hasher, never the thread pool
+    from concurrent.futures import Executor
 
 # Above this a file is hashed with BLAKE3's own threads; below, the per-call
 # overhead of threading costs more than it saves (measured: 64 KiB chunks hash
@@ -79,6 +82,8 @@ def hash_files(
         size = max(1, min(_MAX_BATCH, len(keys) // (4 * max(1, workers))))
         yield from _hash_on(executor, root, keys, size, evict)
         return
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         yield from _hash_on(pool, root, keys, 1, evict)
 

@@ -11,11 +11,12 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from softcopy.errors import MetadataError, from_os_error, is_retryable
+
+if TYPE_CHECKING:  # numpy is imported where indices are handled: a plain tree never needs it
+    import numpy as np
 
 METADATA_NAMES: frozenset[str] = frozenset(
     {".zarray", ".zgroup", ".zattrs", ".zmetadata", "zarr.json"}
@@ -44,6 +45,9 @@ MAX_METADATA_BYTES = 64 * 2**20
 MAX_NESTING = 256
 # A JSON string, so that brackets inside strings do not count as nesting.
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKETS = re.compile(r"[\[\]{}]")
+# Up to this many characters outside strings, json_nesting counts brackets in Python.
+_NESTING_IN_PYTHON = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,8 @@ class ArrayLayout:
 
     def keys(self, indices: Iterable[int] | np.ndarray) -> list[str]:
         """`[self.key(i) for i in indices]`, but fast for millions of indices."""
+        import numpy as np
+
         idx = np.asarray(indices)
         if idx.size == 0:
             return []
@@ -451,6 +457,15 @@ def json_nesting(text: str) -> int:
     """How deeply arrays and objects nest in JSON `text` (brackets inside strings not counted),
     found without recursion and in time linear in the text."""
     bare = _JSON_STRING.sub("", text)
+    if len(bare) <= _NESTING_IN_PYTHON:
+        # Metadata of a few kB: a loop over its brackets costs less than importing numpy.
+        depth = deepest = 0
+        for bracket in _BRACKETS.findall(bare):
+            depth += 1 if bracket in "[{" else -1
+            deepest = max(deepest, depth)
+        return deepest
+    import numpy as np
+
     # Outside strings only ASCII is valid JSON; anything else cannot be a bracket.
     codes = np.frombuffer(bare.encode("ascii", "replace"), dtype=np.uint8)
     if codes.size == 0:

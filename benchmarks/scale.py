@@ -1,0 +1,180 @@
+"""Per-file cost at scale: many tiny chunk files, softcopy against `cp -r` and `rsync -a`.
+
+One zarr v3 array of N chunk files of 1 KiB each (uncompressed uint16, keys `c/i/j`, 1,000
+files per directory) with the `complete` marker, written directly (no tensorstore, so
+building it is quick). Each tool copies it into a fresh destination followed by `sync`;
+softcopy is then run again on its finished copy (a no-op rerun: everything copied and
+journaled). First the start-up listing's rate; then for each tool: wall time, user and
+system CPU of the tool and its children, and for softcopy the supervisor's peak RSS (VmHWM
+from /proc, read as it exits) with the bytes per file beyond an empty run's peak.
+
+    python benchmarks/scale.py [--files 20000] [--rounds 1] [--nprocs 2]
+    python benchmarks/scale.py --files 200000      # the issue's workload (minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SOFTCOPY = [sys.executable, "-m", "softcopy"]
+PER_DIR = 1000
+CHUNK = 512  # uint16 elements: 1 KiB per file
+
+# Run softcopy in this interpreter and report the supervisor's own peak RSS (VmHWM) on exit:
+# the copiers are other processes and are not counted in it.
+_PEAK = """
+import atexit, sys
+def _peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            sys.stderr.write("SCALE-PEAK-KB " + line.split()[1] + "\\n")
+atexit.register(_peak)
+from softcopy.cli import entry
+sys.argv = ["softcopy", *sys.argv[1:]]
+entry()
+"""
+
+
+# The start-up listing in this checkout's softcopy: `scan_tree` alone, then with the ledger's
+# update (what a full scan costs the supervisor), best of three, in files per second.
+_LISTING = """
+import json, sys, time
+from softcopy.engine.ledger import Ledger
+from softcopy.sources.scan import scan_tree
+from softcopy.zarr.layout import parse_array_metadata
+root = sys.argv[1]
+meta = json.load(open(root + "/zarr.json"))
+scan = total = 1e9
+for _ in range(3):
+    ledger = Ledger()
+    ledger.set_layout(parse_array_metadata(meta, "", "zarr.json"))
+    t0 = time.perf_counter()
+    result = scan_tree(root)
+    t1 = time.perf_counter()
+    ledger.observe_many(result.files.items())
+    t2 = time.perf_counter()
+    scan, total = min(scan, t1 - t0), min(total, t2 - t0)
+n = len(result.files)
+print(f"  listing   scan_tree {n / scan:8.0f} files/s  with the ledger {n / total:8.0f} files/s")
+"""
+
+
+def build(path: Path, files: int) -> None:
+    rows = -(-files // PER_DIR)
+    meta = {
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": [rows, PER_DIR * CHUNK],
+        "data_type": "uint16",
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1, CHUNK]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0,
+        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+    }
+    path.mkdir(parents=True)
+    (path / "zarr.json").write_text(json.dumps(meta))
+    block = bytes(range(256)) * (2 * CHUNK // 256)
+    made = 0
+    for i in range(rows):
+        d = path / "c" / str(i)
+        d.mkdir(parents=True)
+        for j in range(min(PER_DIR, files - made)):
+            with open(d / str(j), "wb") as f:
+                f.write(block)
+        made += min(PER_DIR, files - made)
+    (path / "complete").write_text("")
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    # Not from a checkout: `python -m` would import the softcopy in the working directory.
+    proc = subprocess.run(cmd, capture_output=True, env=env, cwd=tempfile.gettempdir(), text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    subprocess.run(["sync"], check=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = {
+        "wall": wall,
+        "user": after.ru_utime - before.ru_utime,
+        "sys": after.ru_stime - before.ru_stime,
+    }
+    for line in proc.stderr.splitlines():
+        if line.startswith("SCALE-PEAK-KB "):
+            out["peak_mb"] = int(line.split()[1]) / 1024
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--nprocs", type=int, default=2)
+    parser.add_argument("--extra", default="", help="more softcopy options, e.g. '--hash'")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="softcopy-scale-"))
+    here = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "XDG_STATE_HOME": str(base / "state"), "PYTHONPATH": here}
+    softcopy = [sys.executable, "-c", _PEAK]
+    try:
+        src = base / "tiny.zarr"
+        build(src, args.files)
+        empty = base / "empty.zarr"
+        build(empty, 1)
+        files = args.files + 2
+        print(f"{files} files of 1 KiB (+ zarr.json, complete) in {src}")
+        sc = [*softcopy, "copy", "--nprocs", str(args.nprocs), *args.extra.split()]
+        tools = {
+            "softcopy": lambda d: [*sc, str(src), str(d)],
+            "cp -r": lambda d: ["cp", "-r", str(src), str(d)],
+            "rsync -a": lambda d: ["rsync", "-a", f"{src}/", str(d)],
+        }
+        if shutil.which("rsync") is None:
+            print("  (rsync: not installed, left out)")
+            del tools["rsync -a"]
+        listing = [sys.executable, "-c", _LISTING, str(src)]
+        subprocess.run(listing, check=True, env=env, cwd=tempfile.gettempdir())
+        results: dict[str, list[dict[str, float]]] = {n: [] for n in [*tools, "rerun"]}
+        baseline: list[float] = []
+        for i in range(args.rounds):
+            out = base / f"empty-{i}"
+            baseline.append(timed([*sc, str(empty), str(out)], env).get("peak_mb", 0.0))
+            for name, cmd in tools.items():
+                dst = base / f"out-{i}-{name.split()[0]}"
+                results[name].append(timed(cmd(dst), env))
+                if name == "softcopy":
+                    results["rerun"].append(timed(cmd(dst), env))
+                shutil.rmtree(dst)
+                shutil.rmtree(f"{dst}.softcopy", ignore_errors=True)
+        cp = statistics.median(r["wall"] for r in results["cp -r"])
+        start_mb = statistics.median(baseline)
+        for name, runs in results.items():
+            wall = statistics.median(r["wall"] for r in runs)
+            user = statistics.median(r["user"] for r in runs)
+            system = statistics.median(r["sys"] for r in runs)
+            line = (
+                f"  {name:9s} wall {wall:6.2f} s  user {user:6.2f} s  sys {system:6.2f} s  "
+                f"{files / wall:8.0f} files/s  x{wall / cp:4.2f} of cp -r"
+            )
+            if "peak_mb" in runs[0]:
+                peak = statistics.median(r["peak_mb"] for r in runs)
+                per_file = (peak - start_mb) * 1024 * 1024 / files
+                line += f"  peak RSS {peak:6.1f} MB ({per_file:5.0f} B/file over {start_mb:.0f})"
+            print(line)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The per-run log beside a copy: `DEST.softcopy/log.jsonl`, one JSON object per line.
+
+Each run appends a `run_started` line, one line per file copied, re-copied, deleted or
+given up on (the same objects as the `--json` per-file events), and a `run_ended` line.
+`softcopy status` shows its last lines.
+
+Bounded: when the log reaches `ROTATE_AT` bytes it is renamed to `log.1.jsonl` (replacing
+the one before) and a new one is started, so the two together hold at most about twice
+that. Lines are buffered and appended at most every `FLUSH_EVERY` seconds (or when the
+buffer is full): a crash loses at most that much of the log, never anything of the copy.
+
+Like every record, the log is opened relative to the records folder's descriptor with
+O_NOFOLLOW (and must be a regular file), appended with O_APPEND, and renamed within the
+folder: a link planted under either name is refused or replaced, never written through.
+Writing the log never stops a copy: the first failure is logged once and the log is off
+for the rest of the run.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import stat
+import time
+from typing import Any
+
+from ..names import json_record
+from .records import LINK_PROBLEM, Records
+
+log = logging.getLogger(__name__)
+
+LOG = "log.jsonl"
+OLDER = "log.1.jsonl"
+ROTATE_AT = 8 * 1024 * 1024
+FLUSH_EVERY = 1.0
+_BUFFER = 256 * 1024
+_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+class RunLog:
+    """Appends lines to one records folder's log; thread-confined to its supervisor."""
+
+    def __init__(self, records: Records, rotate_at: int = ROTATE_AT) -> None:
+        self.records = records
+        self.rotate_at = rotate_at
+        self._lines: list[bytes] = []
+        self._buffered = 0
+        self._flushed_at = time.monotonic()
+        self._size: int | None = None  # of the current log, once opened
+        self.broken = False
+
+    def add(self, record: dict[str, Any]) -> None:
+        """One line; appended at the next flush (at most FLUSH_EVERY seconds from now)."""
+        if self.broken:
+            return
+        data = _line(record)
+        self._lines.append(data)
+        self._buffered += len(data)
+        if self._buffered >= _BUFFER or time.monotonic() - self._flushed_at >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        self._flushed_at = time.monotonic()
+        if self.broken or not self._lines:
+            return
+        data = b"".join(self._lines)
+        self._lines.clear()
+        self._buffered = 0
+        try:
+            self._append(data)
+        except OSError as exc:
+            self.broken = True
+            problem = LINK_PROBLEM if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+            log.warning(
+                "cannot write the run log %s: %s; the copy goes on without it",
+                self.records / LOG,
+                problem,
+            )
+
+    def _append(self, data: bytes) -> None:
+        if self._size is not None and self._size >= self.rotate_at:
+            # renameat within the folder: replaces a link at the older name, never follows it.
+            os.rename(LOG, OLDER, src_dir_fd=self.records.fd, dst_dir_fd=self.records.fd)
+        # O_NONBLOCK: a fifo planted under the name fails (ENXIO) instead of hanging.
+        fd = os.open(LOG, _FLAGS, 0o644, dir_fd=self.records.fd)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, "it is not a regular file")
+            os.set_blocking(fd, True)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            self._size = st.st_size + len(data)
+        finally:
+            os.close(fd)
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    """Strict UTF-8 JSON whatever the names' bytes, like --json (names.json_record).
+
+    The common case (names that are UTF-8) skips json_record's walk over the record,
+    the larger part of the cost of a line: a name that is not fails to encode (its
+    surrogate escapes), and only then is the record rewritten."""
+    try:
+        text = json.dumps(record, default=str, separators=(",", ":"), ensure_ascii=False)
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(json_record(record), default=str, separators=(",", ":"))
+        return (text + "\n").encode("utf-8")
+
+
+def read_tail(records: Records, lines: int = 20) -> list[dict[str, Any]]:
+    """The log's last `lines` objects (oldest first); [] when there is none. For `status`:
+    a line that is not JSON (a torn last line after a crash) is skipped."""
+    out: list[dict[str, Any]] = []
+    for name in (LOG, OLDER):
+        try:
+            fd = records.open_fd(name)
+        except FileNotFoundError:
+            continue
+        with os.fdopen(fd, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - 512 * 1024))  # the tail only: a log is up to ROTATE_AT
+            found = []
+            for raw in f.read().splitlines():
+                try:
+                    found.append(json.loads(raw))
+                except ValueError:
+                    continue
+        out = found + out
+        if len(out) >= lines:
+            break
+    return out[-lines:]
