@@ -123,8 +123,8 @@ def test_a_new_version_of_a_given_up_file_gets_new_chances() -> None:
 
 def test_a_stall_names_every_cause() -> None:
     text = why_stalled(Snapshot("sda 99% busy, written", 2, 1, 3, 1.0))
-    assert "sda 99% busy" in text and "2 file(s) in flight" in text
-    assert "1 file(s) waiting to be retried" in text and "3 copies waiting" in text
+    assert "sda 99% busy" in text and "2 files in flight" in text
+    assert "1 file waiting to be retried" in text and "3 copies waiting" in text
     assert why_stalled(Snapshot(None, 0, 0, 0, 0.004)) == "no copier is making progress"
 
 
