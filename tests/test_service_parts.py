@@ -369,8 +369,8 @@ def test_bad_durations_say_what_is_wrong(text: str) -> None:
 
 def test_runs_rows_the_view_retry_and_release(tmp_path: Path) -> None:
     book = RunBook(tmp_path)
-    book.add("/root", "r\udcff1", "/root/r\udcff1", "/dest/r\udcff1", "directory")
-    book.update("/root", "r\udcff1", state="failed", attempts=3, error="boom", ended=0.0)
+    book.add("root", "r\udcff1", "root/r\udcff1", "dest/r\udcff1", "directory")
+    book.update("root", "r\udcff1", state="failed", attempts=3, error="boom", ended=0.0)
     rows = read_runs(tmp_path)
     assert [r["run"] for r in rows] == ["r\udcff1"]  # a byte name, exactly
     record = run_record(rows[0])
@@ -383,12 +383,12 @@ def test_runs_rows_the_view_retry_and_release(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no run of that name"):
         retry_run(tmp_path, "other")
     assert [r["run"] for r in retry_run(tmp_path, "r\udcff1")] == ["r\udcff1"]
-    row = book.get("/root", "r\udcff1")
+    row = book.get("root", "r\udcff1")
     assert row is not None and (row["state"], row["attempts"]) == ("waiting", 0)
     with pytest.raises(ConfigError, match="no failed run"):
         retry_run(tmp_path, "r\udcff1")
-    record_release(tmp_path, "/dest/r\udcff1", {"to": None})
-    row = book.get("/root", "r\udcff1")
+    record_release(tmp_path, "dest/r\udcff1", {"to": None})
+    row = book.get("root", "r\udcff1")
     assert row is not None and row["state"] == "released" and row["released"]
     book.close()
 
@@ -410,7 +410,7 @@ def test_a_journal_of_version_1_gains_the_runs_table(tmp_path: Path) -> None:
     db.close()
     assert read_runs(tmp_path) == []  # read-only: not migrated by a reader
     book = RunBook(tmp_path)
-    book.add("/root", "a", "/root/a", "/dest/a", "zarr")
+    book.add("root", "a", "root/a", "dest/a", "zarr")
     book.close()
     db = sqlite3.connect(tmp_path / "journal.sqlite")
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
