@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, SoftcopyError
 from .inputs import read_input
-from .options import COMMAND_LINE, OPTIONS, parse_options, target_class
+from .options import COMMAND_LINE, OPTIONS, Option, parse_options, target_class
 from .presets import apply_preset
 from .state.records import records_dir
 
@@ -343,11 +343,9 @@ def file_path(path: Path, value: Any) -> Any:
     return value
 
 
-def load_targets(path: Path, overrides: dict[str, Any] | None = None) -> list[TargetConfig]:
-    """Read a targets file's `targets: [{source, destination, ...}]`, with its `defaults:`.
-
-    Every error in it is reported at once, each with its line, before anything starts.
-    """
+def read_entries_file(path: Path) -> tuple[dict[str, Any], Lines, dict[str, Any], list]:
+    """A targets file's document, its lines, its parsed `defaults:` and every error found so
+    far (shape, defaults): what `load_targets` and a `watch:` loader start from."""
     doc, lines, errors = _read_document(path)
     base = parse_options(
         doc.get("defaults") or {},
@@ -355,40 +353,77 @@ def load_targets(path: Path, overrides: dict[str, Any] | None = None) -> list[Ta
         place=_key_place(path, lines, ("defaults",), "defaults"),
         errors=errors,
     )
-    targets: list[TargetConfig] = []
-    for i, entry in enumerate(doc.get("targets") or []):
-        where = f"{_at(path, lines, 'targets', i)}: targets[{i}]"
+    return doc, lines, base, errors
+
+
+def load_entries(
+    path: Path,
+    doc: dict[str, Any],
+    lines: Lines,
+    key: str,
+    required: tuple[str, str],
+    table: Sequence[Option],
+    build: Callable[[list[Any], dict[str, Any], str], Any],
+    errors: list[ConfigError],
+) -> list[Any]:
+    """The entries of the list `key` (`targets`, `watch`): each one's `required` paths and
+    options (of `table`) checked, every problem appended to `errors` with its line;
+    `build(paths, options, where)` makes each entry that has none."""
+    action = f"read {key.rstrip('s')}"
+    made: list[Any] = []
+    for i, entry in enumerate(doc.get(key) or []):
+        where = f"{_at(path, lines, key, i)}: {key}[{i}]"
         if not isinstance(entry, dict):
             errors.append(ConfigError(
-                where, "read target", "expected a mapping with source and destination"
+                where, action, f"expected a mapping with {required[0]} and {required[1]}"
             ))  # fmt: skip
             continue
         entry = dict(entry)
-        raw = {k: entry.pop(k, None) for k in ("source", "destination")}
+        raw = {k: entry.pop(k, None) for k in required}
         count = len(errors)
         for k, value in raw.items():
-            if isinstance(value, str) and remote_problem(value, k):
-                action = "copy to destination" if k == "destination" else "copy source"
-                here = f"{_at(path, lines, 'targets', i, k)}: targets[{i}].{k} {value}"
-                errors.append(ConfigError(here, action, str(remote_problem(value, k))))
+            field_name = k.partition("_")[0]  # destination_root is a destination too
+            problem = remote_problem(value, field_name) if isinstance(value, str) else None
+            if problem:
+                remote = "copy to destination" if field_name == "destination" else "copy source"
+                here = f"{_at(path, lines, key, i, k)}: {key}[{i}].{k} {value}"
+                errors.append(ConfigError(here, remote, problem))
         own = parse_options(
             entry,
             where,
-            place=_key_place(path, lines, ("targets", i), f"targets[{i}]"),
+            table,
+            place=_key_place(path, lines, (key, i), f"{key}[{i}]"),
             also=raw,
             errors=errors,
         )
         if len(errors) > count:
             continue
-        options = {**base, **own, **(overrides or {})}
         try:
-            targets.append(make_target(
-                file_path(path, raw["source"]), file_path(path, raw["destination"]), options,
-                where,
-            ))  # fmt: skip
+            made.append(build([file_path(path, raw[k]) for k in required], own, where))
         except ConfigError as exc:
             errors.append(exc if where in exc.path else _placed(exc, where))
+    return made
+
+
+def raise_in_order(path: Path, errors: list[ConfigError]) -> None:
+    """Every error of a file at once, in the file's order."""
     raise_all(sorted(errors, key=lambda e: _line_of(path, e)))
+
+
+def load_targets(path: Path, overrides: dict[str, Any] | None = None) -> list[TargetConfig]:
+    """Read a targets file's `targets: [{source, destination, ...}]`, with its `defaults:`.
+
+    Every error in it is reported at once, each with its line, before anything starts.
+    """
+    doc, lines, base, errors = read_entries_file(path)
+
+    def build(paths: list[Any], own: dict[str, Any], where: str) -> TargetConfig:
+        return make_target(*paths, {**base, **own, **(overrides or {})}, where)
+
+    targets = load_entries(
+        path, doc, lines, "targets", ("source", "destination"), OPTIONS, build, errors
+    )
+    raise_in_order(path, errors)
     _check_distinct(path, targets)
     return targets
 

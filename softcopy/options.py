@@ -465,6 +465,12 @@ def unknown_key(name: object, known: Iterable[str]) -> str:
 
     known = sorted(set(known))
     close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+    if not close:  # `src` for `source_root`: people shorten a key's first word
+        firsts = [k.partition("_")[0] for k in known]
+        heads = {h: k for h, k in zip(firsts, known, strict=True) if firsts.count(h) == 1}
+        # Stricter than for whole keys: short words are close to too many others.
+        near = difflib.get_close_matches(str(name), list(heads), n=1, cutoff=0.65)
+        close = [heads[h] for h in near]
     if close:  # the whole list would bury the one name that matters
         return f"unknown option {str(name)!r}; did you mean {close[0]!r}?"
     return f"unknown option {str(name)!r} (known: {', '.join(known)})"

@@ -202,3 +202,44 @@ def test_known_digests_are_trusted_only_for_the_version_they_belong_to(tmp_path:
         assert findings({"c/0": (stale, wrong)}) == []
     result = compare_trees(str(src), str(dst), hashes=True, known={})
     assert result.digests == {k: b3(dst / k) for k in ("c/0", "c/1")}
+
+
+def test_digests_read_back_during_the_copy_count_only_for_the_files_read(tmp_path: Path) -> None:
+    """--hash reads the copy back after each checkpoint (verify/early.py); verification
+    uses such a digest only while both the destination file and its source are as they
+    were then, and reads everything else from the device itself."""
+    from softcopy.verify.early import EarlyRead, EarlyReads
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for root in (src, dst):
+        (root / "c").mkdir(parents=True)
+        (root / "c" / "0").write_bytes(b"chunk zero" * 100)
+        (root / "c" / "1").write_bytes(b"chunk one" * 100)
+    here = version_of(os.lstat(src / "c" / "0"))
+    reads = EarlyReads(str(dst), workers=2)
+    reads.read(
+        [("c/0", here, ""), ("c/1", version_of(os.lstat(src / "c" / "1")), ""), ("gone", here, "")]
+    )
+    early = reads.take()
+    assert set(early) == {"c/0", "c/1"}  # a file that is not there is left to verification
+    assert early["c/0"] == EarlyRead(
+        version_of(os.lstat(dst / "c" / "0")), here, b3(dst / "c" / "0")
+    )
+
+    def findings(early: dict[str, EarlyRead]) -> list[tuple[str, str]]:
+        result = compare_trees(str(src), str(dst), hashes=True, early=early)
+        return [(f.kind, f.key) for f in result.findings]
+
+    assert findings(early) == []
+    wrong = blake3(b"something else").hexdigest()
+    # Used as read: the destination is not read again, so a wrong digest shows.
+    assert findings({"c/0": early["c/0"]._replace(digest=wrong)}) == [("content", "c/0")]
+    # The destination file changed since (here: another ctime), or the source did: ignored.
+    there = early["c/0"].destination
+    for stale in (
+        early["c/0"]._replace(
+            digest=wrong, destination=there._replace(ctime_ns=there.ctime_ns - 1)
+        ),
+        early["c/0"]._replace(digest=wrong, source=here._replace(ino=here.ino + 1)),
+    ):
+        assert findings({"c/0": stale}) == []

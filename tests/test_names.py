@@ -299,3 +299,20 @@ def test_findings_and_events_show_hostile_names_escaped(tmp_path: Path) -> None:
     found = {name_from_json(e, e["key"]) for e in events if e["event"] == "finding"}
     assert found == {fsname(r) for r in evil}
     assert not any(re.search(r"\\ud[89a-f]", line) for line in result.stdout.splitlines())
+
+
+def test_a_rerun_trusts_every_name_the_journal_recorded(tmp_path: Path) -> None:
+    """A rerun matches the destination with the journal a directory's names at a time
+    (names that are not UTF-8 are stored as bytes): every file is already there, none is
+    copied or compared again, and verification passes."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _make(src, HOSTILE)
+    args = ("copy", "--kind", "directory", "--idle-timeout", "0.5", "--ready-age", "0",
+            "--no-progress", "--json", src, dst)  # fmt: skip
+    assert run_softcopy(*args).returncode == 0
+    again = run_softcopy(*args)
+    assert again.returncode == 0, again.stderr
+    summary = [json.loads(line) for line in again.stdout.splitlines()][-1]
+    assert summary["files_copied"] == 0, summary
+    assert summary["files_already_there"] == len(HOSTILE), summary
+    assert_same_tree(src, dst)

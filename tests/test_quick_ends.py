@@ -19,7 +19,6 @@ from test_throttle import loop_source  # noqa: F401 (a fixture)
 from softcopy.engine.finish import Observed, Rules, duration, end_of, end_record
 from softcopy.engine.observe import newest_change_ns
 from softcopy.sources.pressure import DiskPressure
-from softcopy.sources.scan import scan_tree
 
 
 def certificate(dst: Path) -> dict:
@@ -92,9 +91,9 @@ def test_a_deletion_is_a_change_seen_in_its_directory(tmp_path: Path) -> None:
     (root / "sub" / "a").write_text("a")
     (root / "sub" / "b").write_text("b")
     quiet_for(root, 0.2)
-    files_newest = max(newest_change_ns(str(root), scan_tree(str(root))) / 1e9, 0)
+    files_newest = max(newest_change_ns(str(root)) / 1e9, 0)
     (root / "sub" / "b").unlink()
-    after = newest_change_ns(str(root), scan_tree(str(root))) / 1e9
+    after = newest_change_ns(str(root)) / 1e9
     assert after > files_newest + 0.1, "the deletion must count as a change"
 
 
@@ -105,10 +104,10 @@ def test_a_writer_temporary_file_being_written_is_a_change(tmp_path: Path) -> No
     temp = root / "c.0.__lock"
     temp.write_text("x")
     quiet_for(root, 0.2)
-    before = newest_change_ns(str(root), scan_tree(str(root))) / 1e9
+    before = newest_change_ns(str(root)) / 1e9
     with open(temp, "a") as f:
         f.write("more")
-    assert newest_change_ns(str(root), scan_tree(str(root))) / 1e9 > before + 0.1
+    assert newest_change_ns(str(root)) / 1e9 > before + 0.1
 
 
 # ---- an old source is finished ------------------------------------------------------------

@@ -51,3 +51,32 @@ def test_scan_tree_of_a_subtree_and_of_a_vanished_one(tmp_path: Path) -> None:
     result = scan_tree(str(tmp_path), "a", on_dir=seen.append)
     assert list(result.files) == ["a/b/f"] and seen == ["a", "a/b"]
     assert scan_tree(str(tmp_path), "gone").files == {}
+
+
+def test_a_directory_swapped_for_a_link_mid_listing_is_not_entered(tmp_path: Path) -> None:
+    """A directory replaced by a link after its parent was listed is never followed: the
+    listing must not reach files outside the tree (each directory is opened O_NOFOLLOW)."""
+    root, outside = tmp_path / "src", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "inside").write_bytes(b"in")
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"not ours")
+
+    def swap(rel: str) -> None:
+        if rel == "sub":  # called just before "sub" is opened: the writer's race, made certain
+            (root / "sub" / "inside").unlink()
+            (root / "sub").rmdir()
+            (root / "sub").symlink_to(outside)
+
+    result = scan_tree(str(root), on_dir=swap)
+    assert not any("secret" in key for key in result.files)
+    assert result.errors == []
+    assert scan_tree(str(root)).links == {"sub"}  # the next listing sees it as a link
+
+
+def test_a_source_root_given_as_a_link_is_listed(tmp_path: Path) -> None:
+    """The root the user names may be a link; only what is below it is never followed."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "a").write_bytes(b"a")
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    assert set(scan_tree(str(tmp_path / "alias")).files) == {"a"}

@@ -1,4 +1,4 @@
-"""The contract every destination keeps, run against every kind of sink (today: a local directory).
+"""The contract every destination keeps, run against every kind of sink (a directory, a bucket).
 
 A new kind (object storage, a tar stream) adds a factory to KINDS and must pass this
 suite; its capability flags decide which tests apply. Puts are held mid-copy through
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import s3server
 from blake3 import blake3
 
 from softcopy.copiers.pool import CopierOptions, CopierPool
@@ -54,6 +55,8 @@ class Kind:
 
 KINDS = {
     "local": Kind(lambda tmp: str(tmp / "dst"), lambda loc: records_dir(Path(loc))),
+    # A fresh bucket on the loopback moto server (skipped without moto).
+    "s3": Kind(lambda tmp: f"s3://{s3server.new_bucket()}/dst"),
 }
 
 
@@ -350,7 +353,8 @@ def test_the_leftovers_of_a_put_that_died_are_removed(
     sink.release()
     listing = sink.listing()
     assert key not in listing.files
-    assert len(listing.temporary) == 1
+    # A kind that writes in pieces leaves one temporary; an upload in one request, none.
+    assert len(listing.temporary) == (1 if sink.capabilities.partial_writes else 0)
     if how == "remove_temporaries":
         sink.remove_temporaries(listing.temporary)
     else:

@@ -15,7 +15,14 @@ import click
 
 from .. import __version__
 from . import legacy
-from .common import EXIT_CODES_HELP, add_logging_options, apply, logging_options, settings
+from .common import (
+    EXIT_CODES_HELP,
+    add_logging_options,
+    apply,
+    logging_options,
+    quiet_in,
+    settings,
+)
 
 __all__ = ["entry", "main"]
 
@@ -98,7 +105,8 @@ class SoftcopyGroup(click.Group):
         if not ctx.resilient_parsing:
             modern = legacy.translate(args, self.commands, valued=("--log-file", "--log-level"))
             if modern is not None:
-                click.echo(legacy.hint(modern), err=True)
+                if not quiet_in(args):
+                    click.echo(legacy.hint(modern), err=True)
                 if modern[0] == "run":
                     legacy.check_relative_paths(_first_positional(self, ctx, modern))
                 args = modern

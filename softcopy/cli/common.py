@@ -67,6 +67,25 @@ def settings(ctx: click.Context) -> dict[str, Any]:
     return root.obj
 
 
+def quiet_asked() -> bool:
+    """-q, before or after the command: as rsync -q, nothing printed on success (errors and
+    failures still go to stderr)."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return isinstance(obj, dict) and bool(obj.get("quiet"))
+
+
+def quiet_in(args: list[str]) -> bool:
+    """-q in arguments not parsed yet (the original's forms are rewritten before click
+    parses them, so their hint is printed before -q is known)."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg == "--quiet" or (arg.startswith("-") and not arg.startswith("--") and "q" in arg):
+            return True
+    return False
+
+
 def _store(ctx: click.Context, param: click.Parameter, value: Any) -> None:
     obj = settings(ctx)
     if ctx.resilient_parsing or value in (None, False):

@@ -11,10 +11,18 @@ import click
 from ..config import TargetConfig, load_targets, make_target
 from ..engine.runner import Runner, StopSignal
 from ..engine.target import Summary
-from ..errors import EXIT_FAILED, EXIT_OK, SoftcopyError
+from ..errors import EXIT_FAILED, EXIT_OK, ConfigError, SoftcopyError
 from ..names import safe_text
 from ..options import check_value, cli_values, click_options
-from .common import EXIT_CODES_HELP, elapsed, settings, stats_lines, stats_wanted, want_stats
+from .common import (
+    EXIT_CODES_HELP,
+    elapsed,
+    quiet_asked,
+    settings,
+    stats_lines,
+    stats_wanted,
+    want_stats,
+)
 from .progress import Reporter, make_reporter, verbose_asked
 from .render import plan_text, summary_lines
 from .signals import guarded, say, signals_to
@@ -118,20 +126,39 @@ def run(
     run_rate = options.pop("max_rate", None)  # shared by all targets, not one each
     rate = _parse_rate_option(run_rate) if run_rate else None
     overrides = cli_values({**options, **_dry(dry_run)})
+    loaded: dict[str, list] = {}
+
+    def targets() -> list[TargetConfig]:
+        loaded["targets"], loaded["watches"] = _load_entries(targets_file, overrides)
+        return loaded["targets"]
+
     _run(
         ctx,
-        lambda: load_targets(targets_file, overrides),
+        targets,
         make_reporter(as_json, False if dry_run else progress),  # a plan has no progress
         dry_run,
         rate,
-        watches=None if dry_run else lambda: _load_watches(targets_file, overrides),
+        # A dry run checks the `watch:` entries too, but watches nothing.
+        watches=None if dry_run else lambda: loaded["watches"],
     )
 
 
-def _load_watches(path: Path, overrides: dict[str, Any]) -> list:
+def _load_entries(path: Path, overrides: dict[str, Any]) -> tuple[list[TargetConfig], list]:
+    """A targets file's `targets:` and `watch:` entries, with every error of both at once."""
+    from ..config import ConfigErrors, raise_in_order
     from ..service.watch import load_watches
 
-    return load_watches(path, overrides)
+    found: list[list] = []
+    errors: list[ConfigError] = []
+    for load in (load_targets, load_watches):
+        try:
+            found.append(load(path, overrides))
+        except ConfigError as exc:
+            errors += exc.errors if isinstance(exc, ConfigErrors) else [exc]
+            found.append([])
+    # Both loaders read the same file and its `defaults:`: those errors are one each.
+    raise_in_order(path, list({str(e): e for e in errors}.values()))
+    return found[0], found[1]
 
 
 def _parse_rate_option(text: str) -> float:
@@ -242,7 +269,7 @@ def copy_all(
                 say(plan_text(result.source, result.destination, result.plan, listing), err=err)
                 codes.append(EXIT_OK if result.plan.get("fits") else EXIT_FAILED)
                 continue
-            for text, to_stderr in summary_lines(result, err):
+            for text, to_stderr in summary_lines(result, err, quiet_asked()):
                 say(text, err=to_stderr)
             codes.append(EXIT_OK if result.ok else EXIT_FAILED)
         elif isinstance(result, SoftcopyError):

@@ -74,9 +74,13 @@ def plan_text(
     return "\n".join(lines)
 
 
-def summary_lines(result: Summary, err: bool) -> list[tuple[str, bool]]:
+def summary_lines(result: Summary, err: bool, quiet: bool = False) -> list[tuple[str, bool]]:
     """A finished target's lines, each with whether it goes to stderr: `err` for the
-    summary itself (with --json stdout carries events only), stderr always for its error."""
+    summary itself (with --json stdout carries events only), stderr always for its error.
+    `quiet` (-q): none for a target done, all on stderr for one that is not."""
+    if quiet and result.ok:
+        return []
+    err = err or quiet
     lines = [(safe_text(result.line()), err)]
     lines += [
         (f"  failed: {shown(key)}: {safe_text(error)}", err)

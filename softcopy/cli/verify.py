@@ -13,6 +13,7 @@ import click
 
 from ..errors import EXIT_FAILED, EXIT_OK, ConfigError, SoftcopyError
 from ..names import json_record
+from .common import quiet_asked
 from .render import verify_summary_text
 from .signals import guarded
 
@@ -150,8 +151,12 @@ def _verify(
         result.findings += check_decode(str(destination), scan_tree(str(destination)).files)
         mode += ", decoded"
     seconds = time.monotonic() - started
+    quiet = quiet_asked()  # -q: stdout stays empty; what differs goes to stderr
     for finding in result.findings:
-        click.echo(json.dumps(json_record(finding.as_dict())) if as_json else str(finding))
+        if as_json:
+            click.echo(json.dumps(json_record(finding.as_dict())))
+        else:
+            click.echo(str(finding), err=quiet)
     if as_json:
         summary = {
             "kind": "summary",
@@ -167,7 +172,8 @@ def _verify(
         text = verify_summary_text(
             result.ok, len(result.findings), result.files, result.bytes, mode, seconds
         )
-        click.echo(text, err=not result.ok)
+        if not (result.ok and quiet):  # -q: nothing on success, as rsync -q
+            click.echo(text, err=not result.ok)
     return EXIT_OK if result.ok else EXIT_FAILED
 
 

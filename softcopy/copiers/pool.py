@@ -202,7 +202,7 @@ class CopierPool:
     def __init__(self, n: int, options: CopierOptions) -> None:
         self.options = options
         self.copiers: list[Copier] = []
-        self._batches = 0
+        self.batches_sent = 0  # a verification may reuse a listing while this is 0
         for _ in range(n):
             self.copiers.append(self._start())
 
@@ -226,9 +226,9 @@ class CopierPool:
         return [c.process.pid for c in self.copiers]
 
     def send(self, copier: Copier, jobs: list[tuple[str, bool]]) -> None:
-        self._batches += 1
+        self.batches_sent += 1
         copier.keys = [key for key, _ in jobs]
-        copier.batch_id = self._batches
+        copier.batch_id = self.batches_sent
         copier.conn.send(("batch", copier.batch_id, jobs))
 
     def receive(self, conn: Connection) -> tuple[list[Outcome], list[str]]:

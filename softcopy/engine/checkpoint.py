@@ -33,12 +33,14 @@ class Checkpoints:
         flush: Callable[[], None],
         failures: dict[str, str],
         progress: dict[str, int],
-    ) -> None:
+    ) -> list[tuple[str, Version, str]]:
+        """Flush and record; returns the copies this made durable (and recorded)."""
         self.last = time.monotonic()
         if journal is None:
-            return
+            return []
         if self.copied or self.deleted:
             flush()
         journal.checkpoint(self.copied, self.deleted, failures, progress)
-        self.copied = []
+        durable, self.copied = self.copied, []
         self.deleted = []
+        return durable

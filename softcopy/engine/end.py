@@ -21,7 +21,7 @@ from ..state.records import RecordFile, Records, write_file
 from ..units import counted
 from ..verify.compare import Finding, Verification
 from ..verify.manifest import CERTIFICATE, MANIFEST, write_certificate, write_manifest
-from ..verify.sizes import SIZE_LIST, write_size_list
+from ..verify.sizes import SIZE_LIST, format_entry, write_size_list
 from .events import Summary
 from .finish import end_record
 
@@ -92,25 +92,21 @@ def selection_record(selection: Selection) -> dict:
     }
 
 
-def size_entries(
-    verification: Verification, destination: str, markers: Iterable[str]
-) -> dict[str, tuple[int, int]]:
-    """Every regular file of the verified copy: what verification found, and the markers
-    published after it (lstat: a marker copied as a link is not a file)."""
-    entries = dict(verification.sizes)
-    for key in markers:
+def write_size_list_of(
+    records: Records, verification: Verification, destination: str, markers: Iterable[str]
+) -> str:
+    """The size list (files.tsv) of every regular file of the verified copy: what
+    verification found, then the markers published after it (lstat: a marker copied as a
+    link is not a file). Returns its BLAKE3, which the certificate records."""
+    body = verification.size_list
+    for key in sorted(markers):
         try:
             st = os.lstat(os.path.join(destination, key))
         except FileNotFoundError:
             continue
         if stat.S_ISREG(st.st_mode):
-            entries[key] = (st.st_size, st.st_mtime_ns)
-    return entries
-
-
-def write_size_list_of(records: Records, entries: dict[str, tuple[int, int]]) -> str:
-    """The size list (files.tsv); returns its BLAKE3, which the certificate records."""
-    return write_size_list(records / SIZE_LIST, entries)
+            body += format_entry(key, st.st_size, st.st_mtime_ns).encode("utf-8", "surrogateescape")
+    return write_size_list(records / SIZE_LIST, body)
 
 
 def write_summary(records: Records, summary: Summary) -> None:

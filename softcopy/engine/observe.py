@@ -22,13 +22,14 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
 
 from ..errors import MetadataError, SoftcopyError, from_os_error
 from ..names import shown
 from ..sources.kinds import SourceKind
-from ..sources.scan import ScanResult, Version, scan_tree, stat_key
+from ..sources.scan import DirListing, Version, iter_dirs, stat_key
 from ..sources.select import Selection
 from ..sources.watch import TreeWatcher
 from ..zarr.layout import ArrayLayout, metadata_kind
@@ -39,6 +40,21 @@ log = logging.getLogger(__name__)
 
 _ARRAY_METADATA = ("zarr.json", ".zarray")
 _NODE_METADATA = ("zarr.json", ".zarray", ".zgroup")  # str.endswith: cheap on a million keys
+_NODE_NAMES = frozenset(_NODE_METADATA)
+_BATCH = 8192  # files observed in one step: the ledger's per-call cost, not per file
+
+
+@dataclass
+class _Taken:
+    """What one listing found, beyond what went into the ledger."""
+
+    changed: int = 0
+    files: int = 0  # wanted files and links
+    bytes: int = 0
+    temporary: int = 0
+    newest_ns: int = 0  # newest max(mtime, ctime) of files, directories, links, temporaries
+
+
 # A file that exists but cannot be stat'ed: no real file has inode 0.
 UNKNOWN_VERSION = Version(0, 0, 0, 0)
 
@@ -78,34 +94,34 @@ class SourceView:
         self._said_unreadable: set[str] = set()
         self._bad_metadata: dict[str, tuple[Version | None, ...]] = {}
         self.identity: tuple[int, int] | None = None  # the source directory's (dev, ino)
-        self.last_listing: ScanResult | None = None
+        self.listed_at_ns = 0  # wall clock when the newest full listing began
+        self.unchanged_since_listing = False  # no change seen since the newest full listing
 
-    def full_scan(self, initial: bool = False, keep: bool = False) -> int:
+    def full_scan(self, initial: bool = False) -> int:
         """List the whole source; returns how many keys changed. The source of truth.
 
-        With `keep`, the listing stays in `last_listing` (the drain's last one is what
-        verification compares with: no listing of its own).
+        Taken in directory by directory: a listing of ten million files is never held.
         """
-        self.last_listing = None
         self._root_identity(initial)
         self.ledger.begin_sweep()
         self.unreadable.clear()
+        self.listed_at_ns = time.time_ns()
+        on_dir = self.watcher.watch if self.watcher else None
         try:
-            result = scan_tree(self.src, "", on_dir=self.watcher.watch if self.watcher else None)
+            taken = self._absorb_tree("", on_dir, initial)
         except OSError as exc:
             raise from_os_error(exc, "scan source", self.src) from exc
         # A root that vanished mid-listing lists as empty: that must never read as "every
         # file was deleted", which would delete the copy's files too.
         self._root_identity(False)
-        changed = self._absorb(result, initial)
-        self._note_unreadable(result)
+        changed = taken.changed
         for key in self.ledger.end_sweep():
             changed += self.look(key)  # re-stat: it may have appeared after we listed it
-        self.temp_count = len(result.temporary)
-        self._dated_by_source(newest_change_ns(self.src, result), initial)
+        self.temp_count = taken.temporary
+        self.files_at_source, self.bytes_at_source = taken.files, taken.bytes
+        self._dated_by_source(taken.newest_ns, initial)
         self.next_scan = time.monotonic() + self.scan_interval
-        if keep:
-            self.last_listing = result
+        self.unchanged_since_listing = True
         return changed
 
     def check_root(self) -> None:
@@ -140,9 +156,7 @@ class SourceView:
     def scan_subtree(self, rel: str) -> None:
         """A new directory: watch it, then list it, so no file falls between the two."""
         assert self.watcher is not None
-        result = scan_tree(self.src, rel, on_dir=self.watcher.watch)
-        self._absorb(result, initial=False, rel=rel)
-        self._note_unreadable(result)
+        self._absorb_tree(rel, self.watcher.watch, initial=False)
 
     def on_events(self) -> None:
         assert self.watcher is not None
@@ -166,6 +180,7 @@ class SourceView:
         if version is not None and not self.granularity.settled:
             self.granularity.observe_versions((version,))
         if self.select.is_marker(key):
+            self.unchanged_since_listing = False  # its markers are not the ones listed
             if version is None:
                 self.markers.pop(key, None)
             else:
@@ -209,34 +224,58 @@ class SourceView:
         elif rel in self.ledger.arrays:
             self.ledger.drop_array(rel)
 
-    def _absorb(self, result: ScanResult, initial: bool, rel: str = "") -> int:
+    def _absorb_tree(self, rel: str, on_dir: Callable[[str], None] | None, initial: bool) -> _Taken:
+        """Everything below rel into the ledger, a directory at a time (parents first, so
+        each array's metadata is read before its chunk files arrive), in batches."""
+        taken = _Taken()
+        batch: list[tuple[str, Version]] = []
+        whole = rel == ""  # the whole source, not one new directory's subtree
+        for current, listing in iter_dirs(self.src, rel, on_dir):
+            if isinstance(listing, OSError):
+                self._note_unreadable([(current, listing)])
+                continue
+            taken.changed += self._absorb(listing, initial, batch, taken, whole and not current)
+            if len(batch) >= _BATCH:
+                taken.changed += self._observe_batch(batch)
+        taken.changed += self._observe_batch(batch)
+        return taken
+
+    def _absorb(
+        self, listing: DirListing, initial: bool, batch: list, taken: _Taken, root: bool
+    ) -> int:
+        """One directory's listing; its files join `batch` (observed in bulk by the caller)."""
         wanted = self.select.wanted
+        files = listing.files
         # Metadata first, so chunk files land in their array's rows.
-        nodes = sorted(
-            {os.path.dirname(k) for k in result.files if k.endswith(_NODE_METADATA)},
-            key=lambda d: d.count("/"),
-        )
-        for node in nodes:
-            self.refresh_node(node, strict=initial)
-        self.granularity.observe_versions(result.files.values())
-        if rel == "":
-            self.markers = {k: v for k, v in result.files.items() if self.select.is_marker(k)}
-        keys = self.ledger.observe_many(
-            (key, version) for key, version in result.files.items() if wanted(key)
-        )
-        self._changed(keys)
-        changed = len(keys)
-        for key in result.links:
+        for key in files:
+            if key.endswith(_NODE_METADATA) and os.path.basename(key) in _NODE_NAMES:
+                self.refresh_node(os.path.dirname(key), strict=initial)
+        versions = files.values()
+        self.granularity.observe_versions(versions)
+        if root:
+            self.markers = {k: v for k, v in files.items() if self.select.is_marker(k)}
+        before = len(batch)
+        batch += [item for item in files.items() if wanted(item[0])]
+        taken.files += len(batch) - before
+        taken.bytes += sum(v.size for _, v in batch[before:])
+        taken.newest_ns = max(taken.newest_ns, newest_in(self.src, listing))
+        taken.temporary += len(listing.temporary)
+        self._note_unreadable(listing.errors)
+        changed = 0
+        for key in listing.links:
+            taken.files += wanted(key)
             changed += self.look(key)
-        if rel == "":  # a whole listing, not one new directory's
-            sizes = [v.size for k, v in result.files.items() if wanted(k)]
-            self.files_at_source = len(sizes) + sum(map(wanted, result.links))
-            self.bytes_at_source = sum(sizes)
         return changed
 
-    def _note_unreadable(self, result: ScanResult) -> None:
+    def _observe_batch(self, batch: list[tuple[str, Version]]) -> int:
+        keys = self.ledger.observe_many(batch)
+        batch.clear()
+        self._changed(keys)
+        return len(keys)
+
+    def _note_unreadable(self, errors: list[tuple[str, OSError]]) -> None:
         """A directory we cannot list is a failure of this target, named, not a crash."""
-        for key, exc in result.errors:
+        for key, exc in errors:
             if not _is_dir(os.path.join(self.src, key)):
                 # A file we cannot stat goes to a copier like any other, so it gets the
                 # same retries, back-off and final failure as an error while copying;
@@ -277,6 +316,7 @@ class SourceView:
         """Bookkeeping for keys whose source version just changed."""
         if not keys:
             return
+        self.unchanged_since_listing = False
         now = time.monotonic()
         if self._changes_seen:
             self.longest_pause = max(self.longest_pause, now - self.last_change)
@@ -285,19 +325,26 @@ class SourceView:
         self.on_change(keys, live)
 
 
-def newest_change_ns(root: str, result: ScanResult) -> int:
-    """The newest max(mtime, ctime) of everything a listing holds, in ns since the epoch.
+def newest_in(root: str, listing: DirListing) -> int:
+    """The newest max(mtime, ctime) of everything one directory's listing holds, in ns.
 
     Two passes at C speed over the files' versions, not a Python loop per file; writers'
     temporary files (few) are stat'ed here: one being written changes no directory.
     """
-    versions = result.files.values()
-    newest = max(
-        result.newest_other_ns,
+    versions = listing.files.values()
+    return max(
+        listing.newest_ns,
         max(map(attrgetter("mtime_ns"), versions), default=0),
         max(map(attrgetter("ctime_ns"), versions), default=0),
+        *_temporary_times(root, listing.temporary),
     )
-    return max(newest, *_temporary_times(root, result.temporary))
+
+
+def newest_change_ns(root: str) -> int:
+    """The newest change a listing of the tree shows (what an end "quiet since" is dated by)."""
+    return max(
+        (newest_in(root, d) for _, d in iter_dirs(root) if isinstance(d, DirListing)), default=0
+    )
 
 
 def _temporary_times(root: str, keys: Iterable[str]) -> list[int]:

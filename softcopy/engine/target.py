@@ -41,6 +41,7 @@ from ..state.runlog import RunLog
 from ..throttle import create_bucket
 from ..units import counted, human_bytes
 from ..verify.compare import Verification, compare_trees
+from ..verify.early import EarlyReads
 from ..verify.manifest import CERTIFICATE, MANIFEST
 from ..verify.sizes import SIZE_LIST
 from .backoff import Backoff
@@ -61,7 +62,7 @@ from .notes import STALL_AFTER, Snapshot, waiting_for, waiting_note_after
 from .notes import why_stalled as stalled_text
 from .observe import UNKNOWN_VERSION, SourceView
 from .plan import COMPARE, COPY, DELETE, TRUST, decide, plan_files, plan_record
-from .racy import UnprovenCopies, coarse_clock_ns
+from .racy import UnprovenCopies, coarse_clock_ns, proven_after_ns
 from .report import EVERY as REPORT_EVERY
 from .report import Progress
 from .retry import OUT_OF_SPACE, Decision, RetryPolicy
@@ -75,11 +76,11 @@ _LOG_EVERY = 10.0
 # The loop's longest sleep while copying, and how often it reads change notifications.
 _BUSY_WAIT = 0.5
 _EVENTS_EVERY = 0.05
-_ARRAY_METADATA = ("zarr.json", ".zarray")
-_NODE_METADATA = ("zarr.json", ".zarray", ".zgroup")  # str.endswith: cheap on a million keys
 # The destination holds a copy whose source version is not proven (racy.py): it is
 # compared again. Negative fields read as "absent" everywhere, and match no version.
 _UNPROVEN = Version(-2, -2, -2, -2)
+# Destination files matched with the journal in one step (a batch of directories).
+_MATCH_BATCH = 8192
 # Network filesystems stamp files with the server's clock, which may run behind ours.
 _NETWORK_CLOCK_SKEW_NS = 2_000_000_000
 
@@ -138,6 +139,7 @@ class Supervisor:
         self._last_advance = time.monotonic()  # last outcome from a copier
         self._said_stall = ""
         self._said_waiting = False
+        self.early: EarlyReads | None = None  # --hash: the copy read back as it is made
         self._copies_sent = False  # since the last back-off check: copying, not comparing
 
     # ---- the whole run --------------------------------------------------------------
@@ -199,6 +201,8 @@ class Supervisor:
             self.cfg.nprocs,
             copier_options(self.cfg, tuple(limits), sink=self.sink.spec),
         )
+        if self.cfg.hash and self.sink.capabilities.flush:  # a flush puts it on the device
+            self.early = EarlyReads(self.dst, workers=min(2, self.cfg.nprocs))
         copiers = counted(self.cfg.nprocs, "copier")
         log.info("%s: copying to %s with %s", self.src, self.dst, copiers)
         self.backoff.check(copying=self.ledger.pending_count() > len(self.compare_first))
@@ -382,14 +386,25 @@ class Supervisor:
         any rewrite: a destination populated by other means is checked, not trusted.
         """
         assert self.journal is not None
-        journaled = self.journal.copied_files()
-        dst = self.sink.listing()
-        self.sink.remove_temporaries(dst.temporary)  # a crashed run's partial files
         self._replacing = set()  # keys whose copy replaces a file of another size
         # markers come last, after verification; excluded files are not ours
         wanted = self.select.wanted
-        ours = ((k, v) for k, v in dst.files.items() if wanted(k))
-        trusted, rest = self.ledger.trust_journaled(ours, journaled)  # a rerun's bulk
+        # A directory at a time, in batches: a rerun of ten million files holds neither the
+        # destination's whole listing nor the journal's every row.
+        batch: list[tuple[str, Version]] = []
+        for listing in self.sink.listings():
+            self.sink.remove_temporaries(listing.temporary)  # a crashed run's partial files
+            batch += [(k, v) for k, v in listing.files.items() if wanted(k)]
+            if len(batch) >= _MATCH_BATCH:
+                self._match_batch(batch)
+            self._match_links(listing.links)
+        self._match_batch(batch)
+
+    def _match_batch(self, batch: list[tuple[str, Version]]) -> None:
+        assert self.journal is not None
+        journaled = self.journal.copied_of([k for k, _ in batch])
+        trusted, rest = self.ledger.trust_journaled(batch, journaled)  # a rerun's bulk
+        batch.clear()
         self.summary.files_already_there += trusted
         for key, there in rest:
             here = self.ledger.source(key)
@@ -403,7 +418,9 @@ class Supervisor:
                 self.compare_first.add(key)
             elif action == COPY and here is not None:
                 self._replacing.add(key)  # its copy is a re-copy (the run log says so)
-        for key in dst.links:
+
+    def _match_links(self, links: list[str]) -> None:
+        for key in links:
             if not self.select.wanted(key):
                 # Not ours either: a link where a marker goes, or under --exclude. In the
                 # ledger it would be "copied" from the source again and again, forever.
@@ -845,11 +862,31 @@ class Supervisor:
         while True:
             # A listing that finds nothing new while nothing is left ends the drain; when the
             # end was seen with nothing to copy (a rerun), that is the first listing.
-            if self.view.full_scan(keep=True) == 0 and self._idle() and not self._outstanding():
+            if self._listed_after_end() and self._idle() and not self._outstanding():
                 return True
-            self.view.last_listing = None  # not the last one: no need to hold it while copying
+            if self.view.full_scan() == 0 and self._idle() and not self._outstanding():
+                return True
             if self._loop(finishing=True) is None:
                 return False
+
+    def _listed_after_end(self) -> bool:
+        """A rerun with nothing to copy: the newest listing began after the marker or
+        sentinel that ended the run, nothing changed since, and nothing was sent to copy.
+
+        Then it already shows the source as it ends (nothing is written after the marker),
+        and the rerun does not list the source again before verifying. The marker's
+        timestamp tick must have ended before the listing began, or the marker may have
+        been made while it ran. After copies the drain lists again, as ever: a writer that
+        wrote past its own marker gets its late files copied, not a failed verification.
+        """
+        markers = list(self.view.markers.values())
+        proven = END_PROVEN.get(self.summary.end_rule, False)
+        sent = self.pool is not None and self.pool.batches_sent
+        if sent or not (self.view.unchanged_since_listing and markers and proven):
+            return False
+        tick = self.view.granularity.ns
+        newest = max(proven_after_ns(v, tick, self.racy.margin_ns) for v in markers)
+        return newest <= self.view.listed_at_ns
 
     def _outstanding(self) -> int:
         """Keys that still need work and may still get it (not given up on)."""
@@ -866,7 +903,7 @@ class Supervisor:
         if fresh and self.journal is not None:
             self.progress.recount()
         files_pending, bytes_pending = self.progress.pending
-        self.checkpoints.commit(
+        durable = self.checkpoints.commit(
             self.journal,
             self.sink.flush,
             {**self.retry.failed, **self.view.unreadable},
@@ -877,6 +914,10 @@ class Supervisor:
                 "bytes_pending": bytes_pending,
             },
         )
+        if self.early is not None and durable and not fresh:
+            # Read back now, not all at the end; the last checkpoint's are read by
+            # verification itself, on more threads.
+            self.early.read(durable)
 
     def _report_progress(self) -> None:
         """A progress event every second; a log line every ten when nobody listens."""
@@ -911,38 +952,31 @@ class Supervisor:
         # Flushed first, so verification reads what the device holds (the cache is
         # dropped per file before it is read), not what the page cache remembers.
         self.sink.flush()
-        self.view.check_root()
         # The drain ended on a listing that found nothing new with nothing left to copy:
-        # the source as verified, taken after the last copy, checked for a vanished root.
-        source_scan = self.view.last_listing or scan_tree(self.src)
-        self.view.last_listing = None
-        self.view.check_root()  # a root gone mid-listing lists as empty
+        # verification lists both trees again, one directory at a time (nothing is held).
+        self.view.check_root()
         markers = sorted(
-            (k for k in source_scan.files.keys() | source_scan.links if self.select.is_marker(k)),
+            self.view.markers,  # as the last listing (or a change since) showed them
             key=lambda k: (k == self.cfg.complete_marker, k),  # `complete` very last
         )
         verification = compare_trees(
             self.src,
             self.dst,
             frozenset(markers),
-            source_scan,
             hashes=self.cfg.hash,
             known=self.ledger.digests() if self.cfg.hash else None,
+            early=self.early.take() if self.early is not None else None,
             workers=max(2, self.cfg.nprocs),
             keep=self.select.wanted if self.select.filters else None,
         )
+        self.view.check_root()  # a root gone mid-listing lists as empty
         findings = verification.findings
         self.summary.findings = findings
         for finding in findings:
             self._emit(Event.FINDING, **finding.as_dict())
         self.summary.failures = {**self.retry.failed, **self.view.unreadable}
-        wanted = [
-            k for k in (source_scan.files.keys() | source_scan.links) if self.select.wanted(k)
-        ]
-        self.summary.files_at_source = len(wanted)
-        self.summary.bytes_at_source = sum(
-            source_scan.files[k].size for k in wanted if k in source_scan.files
-        )
+        self.summary.files_at_source = self.view.files_at_source
+        self.summary.bytes_at_source = self.view.bytes_at_source
         error = verdict(findings, self.summary.failures, self.owned)
         if error:
             self.summary.state = State.FAILED
@@ -954,7 +988,9 @@ class Supervisor:
         digests.update(self.sink.write_markers(self.src, markers, self.cfg.hash))
         self._markers_copied = len(markers)
         self._marker_bytes = sum(
-            source_scan.files[k].size for k in markers if k in source_scan.files
+            v.size
+            for k, v in self.view.markers.items()
+            if k in markers and not os.path.islink(os.path.join(self.src, k))
         )
         self.summary.state = State.DONE
         self.summary.seconds = time.monotonic() - self._started
@@ -962,7 +998,7 @@ class Supervisor:
 
     def _certify(self, verification: Verification, digests: dict[str, str]) -> None:
         """The records a facility's cleanup script reads before it frees the source."""
-        from .end import size_entries, write_size_list_of
+        from .end import write_size_list_of
 
         records = self.records
         assert records is not None
@@ -970,8 +1006,7 @@ class Supervisor:
         manifest_blake3 = write_manifest_of(records, digests) if self.cfg.hash else None
         # Markers are at the root, published after verification: the list covers them too.
         markers = [n for n in os.listdir(self.dst) if self.select.is_marker(n)]
-        sizes = size_entries(verification, self.dst, markers)
-        size_list_blake3 = write_size_list_of(records, sizes)
+        size_list_blake3 = write_size_list_of(records, verification, self.dst, markers)
         record = certificate(
             self.summary,
             verification,
@@ -988,6 +1023,8 @@ class Supervisor:
         write_certificate_to(records, record)
 
     def _shutdown(self) -> None:
+        if self.early is not None:
+            self.early.close()
         if self.pool is not None:
             graceful = self.stop.level < 2 and self.fatal is None
             leftovers = self.pool.in_flight()

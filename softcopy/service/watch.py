@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import TargetConfig, check_paths, file_path, make_target, read_targets_file
+from ..config import (
+    TargetConfig,
+    check_paths,
+    load_entries,
+    make_target,
+    raise_in_order,
+    read_entries_file,
+)
 from ..engine.events import Event, Summary
 from ..engine.runner import Finished, Runner
 from ..engine.stop import StopSignal
@@ -32,6 +39,7 @@ from ..options import (
     DURATION,
     FLAG,
     GLOBS,
+    OPTIONS,
     TEXT,
     WHOLE,
     Option,
@@ -202,23 +210,23 @@ def watch_config(
 
 def load_watches(path: Path, overrides: dict[str, Any] | None = None) -> list[WatchConfig]:
     """A targets file's `watch:` entries: `source_root`, `destination_root`, the service's
-    options and any copy option, over the file's `defaults:` (copy options only)."""
-    doc = read_targets_file(path)
-    defaults = doc.get("defaults") or {}
+    options and any copy option, over the file's `defaults:` (copy options only).
+
+    Every error in them is reported at once, each with its line, as for `targets:`.
+    """
+    doc, lines, base, errors = read_entries_file(path)
     service_names = {o.name for o in SERVICE_OPTIONS}
-    watches = []
-    for i, entry in enumerate(doc.get("watch") or []):
-        where = f"{path}: watch[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(
-                where, "read watch", "expected a mapping with source_root and destination_root"
-            )
-        entry = dict(entry)
-        root = file_path(path, entry.pop("source_root", None))
-        dest = file_path(path, entry.pop("destination_root", None))
-        service = {k: v for k, v in entry.items() if k in service_names}
-        copy = {**defaults, **{k: v for k, v in entry.items() if k not in service_names}}
-        watches.append(watch_config(root, dest, service, {**copy, **(overrides or {})}, where))
+
+    def build(paths: list[Any], own: dict[str, Any], where: str) -> WatchConfig:
+        service = {k: v for k, v in own.items() if k in service_names}
+        copy = {**base, **{k: v for k, v in own.items() if k not in service_names}}
+        return watch_config(*paths, service, {**copy, **(overrides or {})}, where)
+
+    # The service's row last: its max_attempts (per run) is the one a watch entry means.
+    table = (*OPTIONS, *SERVICE_OPTIONS)
+    required = ("source_root", "destination_root")
+    watches = load_entries(path, doc, lines, "watch", required, table, build, errors)
+    raise_in_order(path, errors)
     return watches
 
 

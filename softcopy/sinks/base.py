@@ -13,14 +13,14 @@ Imports only the standard library and modules below it: copiers import this.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from ..sources.scan import Version
 
 if TYPE_CHECKING:
-    from ..sources.scan import ScanResult
+    from ..sources.scan import DirListing, ScanResult
     from ..state.records import RecordFile
 
 Throttle = Callable[[int], None]
@@ -128,6 +128,9 @@ class Sink(Protocol):
     def listing(self) -> ScanResult:
         """Every file (key -> Version), link and leftover temporary at the destination."""
 
+    def listings(self) -> Iterator[DirListing]:
+        """The same, a part at a time (a directory's), so nothing holds it whole."""
+
     def link_target(self, key: str) -> str | None:
         """What the link at `key` points to; None when it is not a link."""
 
@@ -176,11 +179,20 @@ class Sink(Protocol):
 
 # kind -> "module:class"; imported only when a sink of that kind is built, so a copier
 # loads the code of its own kind only.
-_KINDS = {"local": "softcopy.sinks.local:LocalDirectory"}
+_KINDS = {
+    "local": "softcopy.sinks.local:LocalDirectory",
+    "s3": "softcopy.sinks.s3:ObjectStore",
+}
 
 
-def spec_for(location: str) -> SinkSpec:
-    """The spec of a destination as the user gave it (today: a local directory)."""
+def spec_for(location: str, options: Mapping[str, str] | None = None) -> SinkSpec:
+    """The spec of a destination as the user gave it: `s3://BUCKET/PREFIX`, or a directory.
+
+    `options` (plain strings, never credentials) configure an object store; sorted, so
+    the same destination always has the same spec.
+    """
+    if location.startswith("s3://"):
+        return SinkSpec("s3", location, tuple(sorted((options or {}).items())))
     return SinkSpec("local", location)
 
 

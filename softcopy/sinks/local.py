@@ -15,14 +15,23 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from blake3 import blake3
 
 from ..errors import ConfigError, SoftcopyError, from_os_error
-from ..sources.scan import TEMP_PREFIX, ScanResult, Version, scan_tree, stat_key, version_of
+from ..sources.scan import (
+    TEMP_PREFIX,
+    DirListing,
+    ScanResult,
+    Version,
+    iter_dirs,
+    scan_tree,
+    stat_key,
+    version_of,
+)
 from ..state.records import Records, describe, lock_fd, open_directory, records_dir
 from ..throttle import slice_size
 from ..verify.hashing import new_hasher
@@ -525,6 +534,11 @@ class LocalDirectory:
 
     def listing(self) -> ScanResult:
         return scan_tree(self.root)
+
+    def listings(self) -> Iterator[DirListing]:
+        for _, listing in iter_dirs(self.root):
+            if isinstance(listing, DirListing):  # one that cannot be listed: verification says
+                yield listing
 
     def link_target(self, key: str) -> str | None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -116,49 +117,53 @@ def walk(
             yield key, st, False
 
 
-def scan_tree(root: str, rel: str = "", on_dir: Callable[[str], None] | None = None) -> ScanResult:
-    """A full listing of root/rel: the source of truth that events only hint at.
+@dataclass
+class DirListing:
+    """One directory's entries, keyed by their keys below the tree's root."""
 
-    The same listing as `walk`, in one loop: at 200,000 files a generator's yield and a
-    function call per file are a third of the time. One `lstat` per file (the directory
-    entry's, `d_type` tells directories apart without one) and one per directory.
+    files: dict[str, Version] = field(default_factory=dict)
+    links: list[str] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)
+    temporary: list[str] = field(default_factory=list)
+    errors: list[tuple[str, OSError]] = field(default_factory=list)  # entries not examined
+    newest_ns: int = 0  # newest max(mtime, ctime) of the directory itself and its links
+
+
+_BELOW = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def list_dir(root: str, rel: str, files: dict[str, Version] | None = None) -> DirListing:
+    """The entries of root/rel; OSError when the directory itself cannot be listed.
+
+    `files`: a dict the files go into, as the listing's `files` (a whole tree's listing
+    fills one dict, not one per directory and again into the whole).
+
+    The directory is listed through a descriptor of its own, so each file's `lstat` is an
+    `fstatat` on it and the kernel does not walk the whole path again per file (a quarter
+    of the CPU of a listing). Directories below the root are opened with O_NOFOLLOW: one
+    swapped for a link since its parent was listed is never entered (ELOOP). `d_type` tells
+    directories apart without an `lstat` of their own.
     """
-    result = ScanResult()
-    files, links, temporary = result.files, result.links, result.temporary
-    directories, errors = result.directories, result.errors
+    path = os.path.join(root, rel) if rel else root
+    # The root may be a link the user gave; nothing below it is followed.
+    fd = os.open(path, _BELOW if rel else _BELOW & ~os.O_NOFOLLOW)
+    out = DirListing() if files is None else DirListing(files)
+    files, links, dirs, temporary = out.files, out.links, out.dirs, out.temporary
     is_reg, is_lnk = stat.S_ISREG, stat.S_ISLNK
     make = tuple.__new__  # a Version without NamedTuple's argument handling per file
     temp_search = _WRITER_TEMP.search
-    newest = 0
-    stack = [rel]
-    while stack:
-        current = stack.pop()
-        directories.append(current)
-        if on_dir is not None:
-            on_dir(current)
-        path = os.path.join(root, current) if current else root
-        try:
-            st = os.lstat(path)
-            newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
-        except OSError:
-            pass  # gone, or unreadable: the listing itself says so
-        try:
-            with os.scandir(path) as it:
-                entries = list(it)
-        except (FileNotFoundError, NotADirectoryError):
-            continue  # the writer deleted it while we walked
-        except OSError as exc:
-            if not current:
-                raise
-            errors.append((current, exc))
-            continue
-        prefix = f"{current}/" if current else ""
+    try:
+        st = os.fstat(fd)
+        newest = max(st.st_mtime_ns, st.st_ctime_ns)
+        with os.scandir(fd) as it:
+            entries = list(it)
+        prefix = f"{rel}/" if rel else ""
         for entry in entries:
             name = entry.name
             key = prefix + name
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    stack.append(key)
+                    dirs.append(key)
                     continue
                 if name.startswith(TEMP_PREFIX) or (
                     name.endswith(_TEMP_ENDINGS) and temp_search(name) is not None
@@ -170,16 +175,75 @@ def scan_tree(root: str, rel: str = "", on_dir: Callable[[str], None] | None = N
                 continue
             except OSError as exc:
                 # One file that cannot be examined (EIO, ENOTCONN on a network mount) is
-                # that file's problem, not the whole scan's.
-                errors.append((key, exc))
+                # that file's problem, not the whole listing's.
+                out.errors.append((key, exc))
                 continue
             mode = st.st_mode
             if is_reg(mode):
                 files[key] = make(Version, (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
             elif is_lnk(mode):
-                links.add(key)
+                links.append(key)
                 newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
             # sockets, fifos, devices: not data, never copied
+    finally:
+        os.close(fd)
+    out.newest_ns = newest
+    return out
+
+
+def gone(exc: OSError) -> bool:
+    """A directory that vanished or became something else while a tree was walked."""
+    return isinstance(exc, FileNotFoundError | NotADirectoryError) or exc.errno == errno.ELOOP
+
+
+def iter_dirs(
+    root: str,
+    rel: str = "",
+    on_dir: Callable[[str], None] | None = None,
+    files: dict[str, Version] | None = None,
+) -> Iterator[tuple[str, DirListing | OSError]]:
+    """(rel, listing) for every directory of root/rel, parents before their children;
+    (rel, error) for one that cannot be listed. One vanished meanwhile is left out.
+
+    `on_dir` sees each directory before it is listed: a caller that adds an inotify watch
+    there sees every later change, and nothing falls between the two. `files`: as for
+    `list_dir`, one dict for every directory's files.
+    """
+    stack = [rel]
+    while stack:
+        current = stack.pop()
+        if on_dir is not None:
+            on_dir(current)
+        try:
+            listing = list_dir(root, current, files)
+        except OSError as exc:
+            if gone(exc):
+                continue  # the writer deleted it (or swapped it for a link) while we walked
+            if not current:
+                raise
+            yield current, exc
+            continue
+        stack.extend(listing.dirs)
+        yield current, listing
+
+
+def scan_tree(root: str, rel: str = "", on_dir: Callable[[str], None] | None = None) -> ScanResult:
+    """A full listing of root/rel, whole: the source of truth that events only hint at.
+
+    Callers that can take it directory by directory use `iter_dirs` and hold no listing.
+    """
+    result = ScanResult()
+    files, links, temporary = result.files, result.links, result.temporary
+    newest = 0
+    for current, listing in iter_dirs(root, rel, on_dir, files):
+        result.directories.append(current)
+        if isinstance(listing, OSError):
+            result.errors.append((current, listing))
+            continue
+        links.update(listing.links)
+        temporary += listing.temporary
+        result.errors += listing.errors
+        newest = max(newest, listing.newest_ns)
     result.newest_other_ns = newest
     return result
 

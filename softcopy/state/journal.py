@@ -573,6 +573,11 @@ class Journal:
         with self._guard("read journal"):
             return _copied(self.db, self.id)
 
+    def copied_of(self, keys: list[str]) -> dict[str, tuple[Version, str]]:
+        """copied_files() for these keys only: a rerun asks a directory's worth at a time."""
+        with self._guard("read journal"):
+            return _copied_of(self.db, self.id, keys)
+
     def set_state(self, state: str, reason: str = "", error: str = "") -> None:
         if self.broken is not None:
             return
@@ -638,6 +643,26 @@ def _copied(db: sqlite3.Connection, target: int) -> dict[str, tuple[Version, str
         (k if k.__class__ is str else from_db(k)): (make(Version, (s, m, i, c)), d)
         for k, s, m, i, c, d in rows
     }
+
+
+_LOOKUP = 500  # keys per query: under SQLite's limit on parameters
+
+
+def _copied_of(
+    db: sqlite3.Connection, target: int, keys: list[str]
+) -> dict[str, tuple[Version, str]]:
+    make = tuple.__new__
+    out: dict[str, tuple[Version, str]] = {}
+    for i in range(0, len(keys), _LOOKUP):
+        chunk = [to_db(k) for k in keys[i : i + _LOOKUP]]
+        rows = db.execute(
+            "SELECT key, size, mtime_ns, ino, ctime_ns, digest FROM files"
+            f" WHERE target = ? AND key IN ({','.join('?' * len(chunk))})",
+            (target, *chunk),
+        )
+        for k, size, m, ino, c, d in rows:
+            out[k if k.__class__ is str else from_db(k)] = (make(Version, (size, m, ino, c)), d)
+    return out
 
 
 def read_status(state_dir: Path) -> list[dict[str, Any]]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -11,12 +12,15 @@ from pathlib import Path
 
 from ..errors import MetadataError
 from ..names import safe_text, shown
-from ..sources.scan import ScanResult, Version, scan_tree
-from ..zarr.layout import attributes_problem, metadata_kind, read_node
+from ..sources.scan import DirListing, Version, gone, list_dir, scan_tree
+from ..zarr.layout import METADATA_NAMES, attributes_problem, metadata_kind, read_node
+from .early import EarlyRead
 from .hashing import hash_files
+from .sizes import format_entry
 
 # `{against}` is what the destination is compared with: the source, or (the source long
 # gone) the manifest or the size list the copy left in its records.
+_METADATA_ENDINGS = tuple(METADATA_NAMES)  # str.endswith first: cheap on a million keys
 _TEMPLATES = {
     "missing": "missing: {key} (in the {against}, not in the destination)",
     "extra": "extra: {key} (in the destination, not in the {against})",
@@ -68,8 +72,8 @@ class Finding:
 class Verification:
     findings: list[Finding] = field(default_factory=list)
     digests: dict[str, str] = field(default_factory=dict)  # destination BLAKE3 per file
-    # What the destination held of each file found equal: (size, mtime_ns), the size list.
-    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # What the destination held of each file found equal (size, mtime_ns): the size list.
+    size_list: bytearray = field(default_factory=bytearray)  # verify/sizes.py lines
     files: int = 0
     bytes: int = 0
     links: int = 0
@@ -83,88 +87,171 @@ def compare_trees(
     source: str,
     destination: str,
     ignore: frozenset[str] = frozenset(),
-    source_scan: ScanResult | None = None,
     hashes: bool = False,
     known: Mapping[str, tuple[Version, str]] | None = None,
     workers: int = 4,
     keep: Callable[[str], bool] | None = None,
     executor: Executor | None = None,
+    early: Mapping[str, EarlyRead] | None = None,
 ) -> Verification:
     """Every difference in the set of files, sizes, link targets and (with `hashes`) content.
 
+    Both trees are walked together, one directory of each at a time, so a copy of ten
+    million files is compared holding one directory's listings, not two whole ones; the
+    size list of what was found equal is built as it goes (`size_list`, in walk order).
     `known` holds BLAKE3 digests taken while copying, by the source version they
     belong to; a file whose source is still at that version is not read again.
-    The destination is always read from the device, never from the page cache.
-    `ignore` names root-level keys to leave out on both sides (the `complete`
-    marker, copied only after verification passed). `executor` runs the content reads
-    (default: a pool of `workers` threads; see hashing.hash_files).
+    `early`: digests of the destination read back during the copy (early.py), used for
+    files still as read then. The destination is always read from the device, never from
+    the page cache. `ignore` names root-level keys to leave out on both sides (the
+    `complete` marker, copied only after verification passed). `executor` runs the
+    content reads (default: a pool of `workers` threads; see hashing.hash_files).
     """
-    src = source_scan if source_scan is not None else scan_tree(source)
-    dst = scan_tree(destination)
     result = Verification()
+    same_size: list[tuple[str, Version, Version]] = []  # with hashes only
+    metadata: list[str] = []
+    for rel, here, there in _walk_both(source, destination):
+        _compare_dir(source, destination, rel, here, there, ignore, keep, hashes, result,
+                     same_size, metadata)  # fmt: skip
     findings = result.findings
-    for key in sorted(dst.temporary):
-        findings.append(Finding("leftover", key))
-    for side, scan in (("source", src), ("destination", dst)):
-        for key, exc in scan.errors:
-            findings.append(Finding("unreadable", key, f"{side}: {os.strerror(exc.errno or 0)}"))
-    src_keys = (src.files.keys() | src.links) - ignore
-    dst_keys = (dst.files.keys() | dst.links) - ignore
-    if keep is not None:  # include/exclude patterns: what is not copied is not compared
-        src_keys = {k for k in src_keys if keep(k)}
-        dst_keys = {k for k in dst_keys if keep(k)}
-    findings += [Finding("missing", k) for k in sorted(src_keys - dst_keys)]
-    findings += [Finding("extra", k) for k in sorted(dst_keys - src_keys)]
-    same_size: list[str] = []
-    for key in sorted(src_keys & dst_keys):
-        src_link, dst_link = key in src.links, key in dst.links
-        if src_link != dst_link:
+    if hashes:
+        same_size.sort()  # read in order: neighbours on disk, findings in order
+        _compare_content(
+            source, destination, same_size, known or {}, early or {}, workers, executor, result
+        )
+    findings += check_metadata(destination, metadata)
+    findings.sort(key=lambda f: (f.kind, f.key))
+    return result
+
+
+def _walk_both(
+    source: str, destination: str
+) -> Iterator[tuple[str, DirListing | OSError | None, DirListing | OSError | None]]:
+    """(rel, source listing, destination listing) for every directory of either tree, parents
+    first; None for a side that has no such directory, an OSError for one not listable."""
+    stack: list[tuple[str, bool, bool]] = [("", True, True)]
+    while stack:
+        rel, on_source, on_destination = stack.pop()
+        here = _listing(source, rel) if on_source else None
+        there = _listing(destination, rel) if on_destination else None
+        mine = set(here.dirs) if isinstance(here, DirListing) else set()
+        theirs = set(there.dirs) if isinstance(there, DirListing) else set()
+        stack.extend((d, d in mine, d in theirs) for d in sorted(mine | theirs, reverse=True))
+        yield rel, here, there
+
+
+def _listing(root: str, rel: str) -> DirListing | OSError | None:
+    try:
+        return list_dir(root, rel)
+    except OSError as exc:
+        if gone(exc):
+            return None
+        if not rel:
+            raise
+        return exc
+
+
+_EMPTY = DirListing()
+
+
+def _compare_dir(
+    source: str,
+    destination: str,
+    rel: str,
+    here: DirListing | OSError | None,
+    there: DirListing | OSError | None,
+    ignore: frozenset[str],
+    keep: Callable[[str], bool] | None,
+    hashes: bool,
+    result: Verification,
+    same_size: list[tuple[str, Version, Version]],
+    metadata: list[str],
+) -> None:
+    findings = result.findings
+    for side, listing in (("source", here), ("destination", there)):
+        if isinstance(listing, OSError):
+            findings.append(Finding("unreadable", rel, f"{side}: {_reason(listing)}"))
+        elif listing is not None:
+            for key, exc in listing.errors:
+                findings.append(Finding("unreadable", key, f"{side}: {_reason(exc)}"))
+    if isinstance(here, OSError) or isinstance(there, OSError):
+        return  # what one side cannot show is not compared: no missing or extra guesses
+    here = here or _EMPTY
+    there = there or _EMPTY
+    findings += [Finding("leftover", key) for key in there.temporary]
+    src_files, dst_files = here.files, there.files
+    src_links, dst_links = set(here.links), set(there.links)
+    lines = result.size_list
+    for key in sorted(src_files.keys() | dst_files.keys() | src_links | dst_links):
+        if key in ignore or (keep is not None and not keep(key)):
+            continue
+        a, b = src_files.get(key), dst_files.get(key)
+        if a is not None and b is not None:
+            if key.endswith(_METADATA_ENDINGS):
+                metadata.append(key)
+            if a.size != b.size:
+                findings.append(Finding("size", key, source=a.size, destination=b.size))
+                continue
+            result.files += 1
+            result.bytes += b.size
+            lines += format_entry(key, b.size, b.mtime_ns).encode("utf-8", "surrogateescape")
+            if hashes:
+                same_size.append((key, a, b))
+            continue
+        src_link, dst_link = key in src_links, key in dst_links
+        on_source, on_destination = a is not None or src_link, b is not None or dst_link
+        if not on_destination:
+            findings.append(Finding("missing", key))
+        elif not on_source:
+            findings.append(Finding("extra", key))
+            if b is not None and key.endswith(_METADATA_ENDINGS):
+                metadata.append(key)
+        elif src_link != dst_link:
             kinds = ("link" if src_link else "file", "link" if dst_link else "file")
             findings.append(Finding("type", key, source=kinds[0], destination=kinds[1]))
-        elif src_link:
-            result.links += 1
-            a = os.readlink(os.path.join(source, key))
-            b = os.readlink(os.path.join(destination, key))
-            if a != b:
-                findings.append(Finding("link", key, source=a, destination=b))
-        elif src.files[key].size != dst.files[key].size:
-            a, b = src.files[key].size, dst.files[key].size
-            findings.append(Finding("size", key, source=a, destination=b))
         else:
-            same_size.append(key)
-    result.files = len(same_size)
-    result.bytes = sum(dst.files[k].size for k in same_size)
-    result.sizes = {k: (dst.files[k].size, dst.files[k].mtime_ns) for k in same_size}
-    if hashes:
-        _compare_content(
-            source, destination, src, same_size, known or {}, workers, executor, result
-        )
-    findings += check_metadata(destination, dst)
-    return result
+            result.links += 1
+            a_to = os.readlink(os.path.join(source, key))
+            b_to = os.readlink(os.path.join(destination, key))
+            if a_to != b_to:
+                findings.append(Finding("link", key, source=a_to, destination=b_to))
+
+
+def _reason(exc: OSError) -> str:
+    return os.strerror(exc.errno or 0)
 
 
 def _compare_content(
     source: str,
     destination: str,
-    src: ScanResult,
-    keys: list[str],
+    same_size: list[tuple[str, Version, Version]],
     known: Mapping[str, tuple[Version, str]],
+    early: Mapping[str, EarlyRead],
     workers: int,
     executor: Executor | None,
     result: Verification,
 ) -> None:
     expected: dict[str, str] = {}
-    for key in keys:
+    read_back: list[tuple[str, str | None, OSError | None]] = []
+    to_hash, to_read = [], []
+    for key, here, there in same_size:
         entry = known.get(key)
-        if entry is not None and entry[0] == src.files[key]:
+        if entry is not None and entry[0] == here:
             expected[key] = entry[1]
-    to_hash = [k for k in keys if k not in expected]
+        else:
+            to_hash.append(key)
+        back = early.get(key)
+        if back is not None and back.destination == there and back.source == here:
+            read_back.append((key, back.digest, None))
+        else:
+            to_read.append(key)
     for key, digest, exc in hash_files(source, to_hash, workers, executor=executor):
         if digest is None:
             result.findings.append(Finding("unreadable", key, f"source: {exc}"))
         else:
             expected[key] = digest
-    for key, digest, exc in hash_files(destination, keys, workers, evict=True, executor=executor):
+    reads = hash_files(destination, to_read, workers, evict=True, executor=executor)
+    for key, digest, exc in itertools.chain(read_back, reads):
         if digest is None:
             result.findings.append(Finding("unreadable", key, f"destination: {exc}"))
             continue
@@ -173,14 +260,14 @@ def _compare_content(
             result.findings.append(
                 Finding("content", key, source=expected[key][:16], destination=digest[:16])
             )
-    result.findings.sort(key=lambda f: (f.kind, f.key))
 
 
-def check_metadata(root: str, scan: ScanResult) -> list[Finding]:
-    """Every zarr metadata file is JSON, and every array's metadata describes a layout."""
+def check_metadata(root: str, keys: Iterable[str]) -> list[Finding]:
+    """Every zarr metadata file among `keys` is JSON, and every array's metadata describes a
+    layout."""
     findings: list[Finding] = []
     nodes: set[str] = set()
-    for key in sorted(scan.files):
+    for key in sorted(k for k in keys if k.endswith(_METADATA_ENDINGS)):
         name = os.path.basename(key)
         kind = metadata_kind(name)
         if kind is None:
@@ -298,7 +385,7 @@ def check_sizes(
             result.bytes += size
     result.files = same
     result.links = len(dst.links)
-    findings += check_metadata(destination, dst)
+    findings += check_metadata(destination, dst.files)
     return result
 
 

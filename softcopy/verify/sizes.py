@@ -9,7 +9,7 @@ split off from the right.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 from blake3 import blake3
@@ -44,10 +44,10 @@ def parse_entry(line: str) -> tuple[str, int, int]:
     return key, int(parts[1]), int(parts[2])
 
 
-def write_size_list(path: Path | RecordFile, entries: Mapping[str, tuple[int, int]]) -> str:
-    """Write the list atomically; returns its own BLAKE3 (the certificate vouches for it)."""
-    text = HEADER + "".join(format_entry(k, *entries[k]) for k in sorted(entries))
-    data = text.encode("utf-8", "surrogateescape")
+def write_size_list(path: Path | RecordFile, body: bytes | bytearray) -> str:
+    """Write the list (`body`: its lines, each from format_entry) atomically; returns its own
+    BLAKE3 (the certificate vouches for it)."""
+    data = HEADER.encode() + body
     write_file(path, data)
     return blake3(data).hexdigest()
 

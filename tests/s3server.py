@@ -1,0 +1,171 @@
+"""A real S3 server on loopback for tests: moto's server mode, driven through real HTTP.
+
+`s3_server` (session) gives the endpoint URL and sets fake credentials and
+AWS_ENDPOINT_URL in the environment, which subprocesses inherit; `bucket` makes a fresh
+bucket per test. `auth_server` is a second server, in its own process, that checks
+credentials (moto's INITIAL_NO_AUTH_ACTION_COUNT): one user with read-only rights.
+Everything skips cleanly when moto is not installed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+FAKE_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",  # never ask a cloud's metadata service
+    "AWS_CONFIG_FILE": os.devnull,  # the real user's ~/.aws stays out of it
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+_UNSET = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+DEADLINE = 60.0
+
+_server = None
+_saved_env: dict[str, str | None] = {}
+_names = itertools.count()
+
+
+def endpoint() -> str:
+    """Start the shared server on first use; its endpoint URL."""
+    global _server
+    pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    pytest.importorskip("boto3", reason="boto3 is not installed")
+    if _server is None:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        _server = server
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        for name, value in {**FAKE_ENV, "AWS_ENDPOINT_URL": url}.items():
+            _saved_env.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
+        for name in _UNSET:
+            _saved_env.setdefault(name, os.environ.pop(name, None))
+    host, port = _server.get_host_and_port()
+    return f"http://{host}:{port}"
+
+
+def stop() -> None:
+    global _server
+    if _server is not None:
+        _server.stop()
+        _server = None
+    for name, value in _saved_env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _saved_env.clear()
+
+
+def client(url: str | None = None, **kw):
+    """A plain boto3 client for the test's own look at the server (not the sink's)."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=url or endpoint(), **kw)
+
+
+def new_bucket() -> str:
+    name = f"softcopy-test-{os.getpid()}-{next(_names)}"
+    client().create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    try:
+        yield endpoint()
+    finally:
+        stop()
+
+
+@pytest.fixture
+def bucket(s3_server: str) -> str:
+    return new_bucket()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the moto server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)  # polling a condition with a deadline, not a guess
+    pytest.fail(f"the moto server never listened on port {port}")
+
+
+@dataclass(frozen=True)
+class AuthServer:
+    url: str
+    bucket: str
+    key_id: str  # of a user who may list and read, never write
+    secret: str
+
+
+@pytest.fixture(scope="session")
+def auth_server(s3_server: str) -> Iterator[AuthServer]:
+    """A server that checks credentials: its first four requests (the set-up) go unchecked."""
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}
+    env.pop("AWS_ENDPOINT_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, proc)
+        url = f"http://127.0.0.1:{port}"
+        import boto3
+
+        iam = boto3.client("iam", endpoint_url=url)
+        iam.create_user(UserName="reader")
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": ["s3:ListBucket", "s3:GetObject", "s3:CreateBucket"],
+                    "Resource": "*",
+                }
+            ],
+        }
+        iam.put_user_policy(UserName="reader", PolicyName="read", PolicyDocument=json.dumps(policy))
+        reader = boto3.client(
+            "s3",
+            endpoint_url=url,
+            aws_access_key_id=key["AccessKeyId"],
+            aws_secret_access_key=key["SecretAccessKey"],
+        )
+        reader.create_bucket(Bucket="guarded")
+        yield AuthServer(url, "guarded", key["AccessKeyId"], key["SecretAccessKey"])
+    finally:
+        proc.kill()
+        proc.wait()
