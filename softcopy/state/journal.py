@@ -654,7 +654,8 @@ def _copied_of(
     make = tuple.__new__
     out: dict[str, tuple[Version, str]] = {}
     for i in range(0, len(keys), _LOOKUP):
-        chunk = [to_db(k) for k in keys[i : i + _LOOKUP]]
+        # Nearly every key is ASCII, stored as it is: no encoding round trip for those.
+        chunk = [k if k.isascii() else to_db(k) for k in keys[i : i + _LOOKUP]]
         rows = db.execute(
             "SELECT key, size, mtime_ns, ino, ctime_ns, digest FROM files"
             f" WHERE target = ? AND key IN ({','.join('?' * len(chunk))})",
