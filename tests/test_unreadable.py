@@ -206,3 +206,25 @@ def test_unreadable_hostile_names_are_named_escaped(unprivileged: Unprivileged) 
     assert "dir\\x1b[2J\\xff\\n/: cannot list directory: Permission denied" in err, err
     assert "failed: file\\x1b[2J\\xfe\\n: permission denied" in out + err, err
     assert (dst / "a.txt").read_bytes() == b"a"
+
+
+def test_verify_names_an_unreadable_directory_and_guesses_nothing_below_it(
+    unprivileged: Unprivileged,
+) -> None:
+    """Both trees are walked together: a source directory that cannot be listed is one
+    finding, and what the destination holds below it is neither missing nor extra."""
+    u = unprivileged
+    src, dst = u.base / "src", u.base / "dst"
+    files = {"a.txt": b"a", "locked/c.txt": b"c", "locked/deeper/d.txt": b"d"}
+    _tree(src, files)
+    _tree(dst, files)
+    u.own(src, dst)
+    (src / "locked").chmod(0)
+    result = subprocess.run(
+        u.softcopy("verify", src, dst), cwd=u.base, env=_env(u), capture_output=True, text=True
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = (result.stdout + result.stderr).splitlines()
+    assert "cannot read: locked: source: Permission denied" in lines, lines
+    assert not [line for line in lines if "locked/" in line], lines

@@ -174,3 +174,23 @@ def test_a_hashed_copy_whose_manifest_is_gone_is_not_checked_by_sizes(tmp_path: 
     rc, _, err = verify(dst)
     assert rc == 2 and "Traceback" not in err
     assert "manifest.b3" in err and "certificate names it" in err, err
+
+
+def test_a_size_list_larger_than_memory_holds_is_written_whole(tmp_path: Path) -> None:
+    """Verification writes the size list's lines to a temporary file once they pass a MiB;
+    the record is still the whole list, in order, and its digest is the file's."""
+    from blake3 import blake3
+
+    from softcopy.verify.sizes import format_entry, read_size_list, size_list_body, write_size_list
+
+    entries = {f"c/{i // 1000}/{i % 1000}": (1024 + i, 10**18 + i) for i in range(40000)}
+    body = size_list_body()
+    for key, (size, mtime_ns) in entries.items():
+        body.write(format_entry(key, size, mtime_ns).encode())
+    assert body._rolled  # past a MiB: on disk, not in memory
+    target = tmp_path / "records"
+    target.mkdir()
+    digest = write_size_list(target / "files.tsv", body)
+    read, read_digest = read_size_list(target / "files.tsv")
+    assert read == entries
+    assert digest == read_digest == blake3((target / "files.tsv").read_bytes()).hexdigest()

@@ -99,13 +99,16 @@ def write_size_list_of(
     verification found, then the markers published after it (lstat: a marker copied as a
     link is not a file). Returns its BLAKE3, which the certificate records."""
     body = verification.size_list
+    body.seek(0, os.SEEK_END)
     for key in sorted(markers):
         try:
             st = os.lstat(os.path.join(destination, key))
         except FileNotFoundError:
             continue
         if stat.S_ISREG(st.st_mode):
-            body += format_entry(key, st.st_size, st.st_mtime_ns).encode("utf-8", "surrogateescape")
+            body.write(
+                format_entry(key, st.st_size, st.st_mtime_ns).encode("utf-8", "surrogateescape")
+            )
     return write_size_list(records / SIZE_LIST, body)
 
 

@@ -12,6 +12,7 @@ import fcntl
 import os
 import re
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -63,7 +64,7 @@ class RecordFile:
     def __str__(self) -> str:
         return os.path.join(self.folder.path, self.name)
 
-    def write_bytes(self, data: bytes) -> None:
+    def write_bytes(self, data: bytes | Iterable[bytes]) -> None:
         self.folder.write(self.name, data)
 
     def read_bytes(self) -> bytes:
@@ -127,10 +128,12 @@ class Records:
     def __truediv__(self, name: str) -> RecordFile:
         return RecordFile(self, name)
 
-    def write(self, name: str, data: bytes) -> None:
+    def write(self, name: str, data: bytes | Iterable[bytes]) -> None:
         """Atomically: a private temporary, fsync, rename onto the name, fsync the folder.
 
-        rename replaces whatever is at the name, a link included, never a link's target.
+        `data`: the bytes, or blocks of them (a record too large to hold whole, written
+        as it is read). rename replaces whatever is at the name, a link included, never a
+        link's target.
         """
         tmp = f".{name}.{os.getpid()}.tmp"  # one per writer: two never share one
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -138,9 +141,10 @@ class Records:
             self.unlink(tmp)  # a stale one, or a link under its name: removed, not followed
             fd = os.open(tmp, flags, 0o644, dir_fd=self.fd)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                for block in (data,) if isinstance(data, bytes | bytearray) else data:
+                    view = memoryview(block)
+                    while view:
+                        view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -217,7 +221,7 @@ def lock_fd(fd: int) -> bool:
     return True
 
 
-def write_file(path: Path | RecordFile, data: bytes) -> None:
+def write_file(path: Path | RecordFile, data: bytes | Iterable[bytes]) -> None:
     """Atomically write a record, or a file in a folder that must be a real one of ours."""
     if isinstance(path, RecordFile):
         path.write_bytes(data)

@@ -9,6 +9,7 @@ from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import MetadataError
 from ..names import safe_text, shown
@@ -16,7 +17,7 @@ from ..sources.scan import DirListing, Version, gone, list_dir, scan_tree
 from ..zarr.layout import METADATA_NAMES, attributes_problem, metadata_kind, read_node
 from .early import EarlyRead
 from .hashing import hash_files
-from .sizes import format_entry
+from .sizes import format_entry, size_list_body
 
 # `{against}` is what the destination is compared with: the source, or (the source long
 # gone) the manifest or the size list the copy left in its records.
@@ -73,7 +74,7 @@ class Verification:
     findings: list[Finding] = field(default_factory=list)
     digests: dict[str, str] = field(default_factory=dict)  # destination BLAKE3 per file
     # What the destination held of each file found equal (size, mtime_ns): the size list.
-    size_list: bytearray = field(default_factory=bytearray)  # verify/sizes.py lines
+    size_list: BinaryIO = field(default_factory=size_list_body)  # verify/sizes.py lines
     files: int = 0
     bytes: int = 0
     links: int = 0
@@ -134,10 +135,12 @@ def _walk_both(
         rel, on_source, on_destination = stack.pop()
         here = _listing(source, rel) if on_source else None
         there = _listing(destination, rel) if on_destination else None
-        mine = set(here.dirs) if isinstance(here, DirListing) else set()
-        theirs = set(there.dirs) if isinstance(there, DirListing) else set()
-        stack.extend((d, d in mine, d in theirs) for d in sorted(mine | theirs, reverse=True))
         yield rel, here, there
+        if isinstance(here, OSError) or isinstance(there, OSError):
+            continue  # what one side cannot show is not walked on the other either
+        mine = set(here.dirs) if here is not None else set()
+        theirs = set(there.dirs) if there is not None else set()
+        stack.extend((d, d in mine, d in theirs) for d in sorted(mine | theirs, reverse=True))
 
 
 def _listing(root: str, rel: str) -> DirListing | OSError | None:
@@ -182,6 +185,7 @@ def _compare_dir(
     src_files, dst_files = here.files, there.files
     src_links, dst_links = set(here.links), set(there.links)
     lines = result.size_list
+    encode = format_entry
     for key in sorted(src_files.keys() | dst_files.keys() | src_links | dst_links):
         if key in ignore or (keep is not None and not keep(key)):
             continue
@@ -194,7 +198,7 @@ def _compare_dir(
                 continue
             result.files += 1
             result.bytes += b.size
-            lines += format_entry(key, b.size, b.mtime_ns).encode("utf-8", "surrogateescape")
+            lines.write(encode(key, b.size, b.mtime_ns).encode("utf-8", "surrogateescape"))
             if hashes:
                 same_size.append((key, a, b))
             continue

@@ -9,8 +9,11 @@ split off from the right.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from blake3 import blake3
 
@@ -44,12 +47,25 @@ def parse_entry(line: str) -> tuple[str, int, int]:
     return key, int(parts[1]), int(parts[2])
 
 
-def write_size_list(path: Path | RecordFile, body: bytes | bytearray) -> str:
-    """Write the list (`body`: its lines, each from format_entry) atomically; returns its own
-    BLAKE3 (the certificate vouches for it)."""
-    data = HEADER.encode() + body
-    write_file(path, data)
-    return blake3(data).hexdigest()
+def write_size_list(path: Path | RecordFile, body: BinaryIO) -> str:
+    """Write the list atomically, its lines (each from format_entry) read from `body` as
+    they are written; returns its own BLAKE3 (the certificate vouches for it)."""
+    digest = blake3()
+
+    def blocks() -> Iterator[bytes]:
+        body.seek(0)
+        for block in itertools.chain([HEADER.encode()], iter(lambda: body.read(1 << 20), b"")):
+            digest.update(block)
+            yield block
+
+    write_file(path, blocks())
+    return digest.hexdigest()
+
+
+def size_list_body() -> BinaryIO:
+    """Where a size list's lines go while verification finds them: memory up to a MiB,
+    then a temporary file, so a copy of ten million files does not hold them all."""
+    return tempfile.SpooledTemporaryFile(max_size=1 << 20)  # type: ignore[return-value]
 
 
 def read_size_list(
