@@ -461,6 +461,20 @@ def test_records_live_beside_the_copy(bucket: str, sink: s3.ObjectStore) -> None
         (records / "summary.json").open_input("read summary")
 
 
+def test_a_size_list_written_block_by_block_is_one_record(sink: s3.ObjectStore) -> None:
+    """Records are written as they are read (verification's size list); on object storage
+    the blocks become one object, read back whole with the same digest."""
+    from softcopy.verify.sizes import format_entry, read_size_list, size_list_body, write_size_list
+
+    assert sink.records is not None
+    body = size_list_body()
+    entries = {f"c/0/{i}": (i, MTIME_NS + i) for i in range(2000)}
+    for key, (size, mtime_ns) in entries.items():
+        body.write(format_entry(key, size, mtime_ns).encode())
+    digest = write_size_list(sink.records / "files.tsv", body)
+    assert read_size_list(sink.records / "files.tsv") == (entries, digest)
+
+
 def test_the_lock_is_a_conditional_put_released_on_close(bucket: str) -> None:
     first = make(bucket)
     first.lock()

@@ -514,7 +514,6 @@ def test_failing_hanging_and_chatty_hooks_never_change_a_runs_state(tmp_path: Pa
 # ---- 5. SIGTERM during a copy -------------------------------------------------------------
 
 
-# Not strict: the bug is a race this test loses about two times in three.
 @pytest.mark.slow
 def test_sigterm_mid_copy_releases_the_claim_and_the_run_resumes(tmp_path: Path) -> None:
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "st"
@@ -523,10 +522,14 @@ def test_sigterm_mid_copy_releases_the_claim_and_the_run_resumes(tmp_path: Path)
     first = watch(src, dst, state)
     wait_for(lambda: claimed_by(dst, "live.zarr", first.pid), what="the claim", proc=first)
     wait_for(lambda: copied_files(dst / "live.zarr") >= 5, what="a copy under way", proc=first)
+    # The acquisition pauses (SIGSTOP) while the watcher stops, so that it is certainly
+    # still under way when the run resumes, however long the stop takes on a busy machine.
+    sim.send_signal(signal.SIGSTOP)
     first.send_signal(signal.SIGTERM)
     # A bound on a hang: the copy stops after the files in flight, which the engine waits
     # for at most 30 s (copiers paused by the back-off on a busy disk finish late).
     rc, _, err = finish(first, timeout=60)
+    sim.send_signal(signal.SIGCONT)
     assert rc == 0, err
     assert sim.poll() is None, "the acquisition ended before the stop: nothing to resume"
     assert not claim_path(dst, "live.zarr").exists(), "claim kept after a graceful stop"

@@ -58,10 +58,11 @@ from .end import (
 from .events import FINAL_STATES, Event, State, Summary
 from .finish import END_PROVEN, Observed, Rules, end_of, settle_time
 from .ledger import Ledger
+from .matched import Matched
 from .notes import STALL_AFTER, Snapshot, waiting_for, waiting_note_after
 from .notes import why_stalled as stalled_text
 from .observe import UNKNOWN_VERSION, SourceView
-from .plan import COMPARE, COPY, DELETE, TRUST, decide, plan_files, plan_record
+from .plan import COMPARE, COPY, DELETE, KEEP_EXTRA, TRUST, decide, plan_files, plan_record
 from .racy import UnprovenCopies, coarse_clock_ns, proven_after_ns
 from .report import EVERY as REPORT_EVERY
 from .report import Progress
@@ -140,6 +141,10 @@ class Supervisor:
         self._said_stall = ""
         self._said_waiting = False
         self.early: EarlyReads | None = None  # --hash: the copy read back as it is made
+        # What the match of a rerun found (matched.py), and whether the drain ended on the
+        # first listing: then the match is the verification.
+        self.matched = Matched()
+        self._ended_on_first_listing = False
         self._copies_sent = False  # since the last back-off check: copying, not comparing
 
     # ---- the whole run --------------------------------------------------------------
@@ -392,8 +397,16 @@ class Supervisor:
         # A directory at a time, in batches: a rerun of ten million files holds neither the
         # destination's whole listing nor the journal's every row.
         batch: list[tuple[str, Version]] = []
+        self.matched = Matched()
+        first = True
         for listing in self.sink.listings():
+            if listing.errors or listing.temporary:
+                self.matched.doubt()  # verification walks both trees, and names these
             self.sink.remove_temporaries(listing.temporary)  # a crashed run's partial files
+            if first:  # the root: where markers are
+                is_marker = self.select.is_marker
+                self.matched.markers = [k for k in (*listing.files, *listing.links) if is_marker(k)]
+                first = False
             batch += [(k, v) for k, v in listing.files.items() if wanted(k)]
             if len(batch) >= _MATCH_BATCH:
                 self._match_batch(batch)
@@ -404,16 +417,27 @@ class Supervisor:
         assert self.journal is not None
         journaled = self.journal.copied_of([k for k, _ in batch])
         trusted, rest = self.ledger.trust_journaled(batch, journaled)  # a rerun's bulk
+        if rest:
+            others = {k for k, _ in rest}
+            self.matched.trusted((k, v) for k, v in batch if k not in others)
+        else:
+            self.matched.trusted(batch)
         batch.clear()
         self.summary.files_already_there += trusted
         for key, there in rest:
             here = self.ledger.source(key)
             action = decide(here, there, journaled.get(key), self.owned)
-            if action == DELETE:
-                self.ledger.set_copied(key, there)  # the copier deletes it
-            elif action == TRUST:
+            if action == TRUST:
                 self.ledger.set_copied(key, here, journaled[key][1])
                 self.summary.files_already_there += 1
+                self.matched.trusted([(key, there)])
+                continue
+            if action == KEEP_EXTRA:
+                self.matched.extra(key)
+                continue
+            self.matched.doubt()  # work to do: verification walks both trees after it
+            if action == DELETE:
+                self.ledger.set_copied(key, there)  # the copier deletes it
             elif action == COMPARE:
                 self.compare_first.add(key)
             elif action == COPY and here is not None:
@@ -429,8 +453,13 @@ class Supervisor:
             if here is not None and self._same_link(key):
                 self.ledger.set_copied(key, here)
                 self.summary.files_already_there += 1
-            elif here is None and self.owned:
-                self.ledger.set_copied(key, self.sink.version(key))
+                self.matched.verification.links += 1
+            elif here is None and not self.owned:
+                self.matched.extra(key)
+            else:
+                self.matched.doubt()
+                if here is None:
+                    self.ledger.set_copied(key, self.sink.version(key))
 
     def _same_link(self, key: str) -> bool:
         try:
@@ -863,6 +892,7 @@ class Supervisor:
             # A listing that finds nothing new while nothing is left ends the drain; when the
             # end was seen with nothing to copy (a rerun), that is the first listing.
             if self._listed_after_end() and self._idle() and not self._outstanding():
+                self._ended_on_first_listing = True
                 return True
             if self.view.full_scan() == 0 and self._idle() and not self._outstanding():
                 return True
@@ -959,16 +989,12 @@ class Supervisor:
             self.view.markers,  # as the last listing (or a change since) showed them
             key=lambda k: (k == self.cfg.complete_marker, k),  # `complete` very last
         )
-        verification = compare_trees(
-            self.src,
-            self.dst,
-            frozenset(markers),
-            hashes=self.cfg.hash,
-            known=self.ledger.digests() if self.cfg.hash else None,
-            early=self.early.take() if self.early is not None else None,
-            workers=max(2, self.cfg.nprocs),
-            keep=self.select.wanted if self.select.filters else None,
-        )
+        matched, self.matched = self.matched, Matched()
+        if self._ended_on_first_listing and matched.complete and not self.cfg.hash:
+            # A rerun with nothing to do: what the match found is what a walk would find.
+            verification = matched.result(self.dst, frozenset(markers))
+        else:
+            verification = self._walk_both(markers)
         self.view.check_root()  # a root gone mid-listing lists as empty
         findings = verification.findings
         self.summary.findings = findings
@@ -995,6 +1021,18 @@ class Supervisor:
         self.summary.state = State.DONE
         self.summary.seconds = time.monotonic() - self._started
         self._certify(verification, digests)
+
+    def _walk_both(self, markers: list[str]) -> Verification:
+        return compare_trees(
+            self.src,
+            self.dst,
+            frozenset(markers),
+            hashes=self.cfg.hash,
+            known=self.ledger.digests() if self.cfg.hash else None,
+            early=self.early.take() if self.early is not None else None,
+            workers=max(2, self.cfg.nprocs),
+            keep=self.select.wanted if self.select.filters else None,
+        )
 
     def _certify(self, verification: Verification, digests: dict[str, str]) -> None:
         """The records a facility's cleanup script reads before it frees the source."""

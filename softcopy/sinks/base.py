@@ -129,7 +129,8 @@ class Sink(Protocol):
         """Every file (key -> Version), link and leftover temporary at the destination."""
 
     def listings(self) -> Iterator[DirListing]:
-        """The same, a part at a time (a directory's), so nothing holds it whole."""
+        """The same, a part at a time (a directory's), so nothing holds it whole; a part
+        that cannot be listed is an empty listing whose `errors` name it."""
 
     def link_target(self, key: str) -> str | None:
         """What the link at `key` points to; None when it is not a link."""

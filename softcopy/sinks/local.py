@@ -536,9 +536,11 @@ class LocalDirectory:
         return scan_tree(self.root)
 
     def listings(self) -> Iterator[DirListing]:
-        for _, listing in iter_dirs(self.root):
-            if isinstance(listing, DirListing):  # one that cannot be listed: verification says
-                yield listing
+        for rel, listing in iter_dirs(self.root):
+            # One that cannot be listed: an empty listing whose error names it.
+            yield (
+                listing if isinstance(listing, DirListing) else DirListing(errors=[(rel, listing)])
+            )
 
     def link_target(self, key: str) -> str | None:
         try:

@@ -332,8 +332,9 @@ class ObjectRecordFile:
     def __str__(self) -> str:
         return self.folder.url(self.name)
 
-    def write_bytes(self, data: bytes) -> None:
-        self.folder.write(self.name, data)
+    def write_bytes(self, data: bytes | Iterable[bytes]) -> None:
+        # A record written block by block (the size list) is one object: joined here.
+        self.folder.write(self.name, data if isinstance(data, bytes) else b"".join(data))
 
     def read_bytes(self) -> bytes:
         return self.folder.read(self.name)

@@ -223,7 +223,7 @@ def lock_fd(fd: int) -> bool:
 
 def write_file(path: Path | RecordFile, data: bytes | Iterable[bytes]) -> None:
     """Atomically write a record, or a file in a folder that must be a real one of ours."""
-    if isinstance(path, RecordFile):
+    if not isinstance(path, Path):  # a record (of a local or an object-store folder)
         path.write_bytes(data)
         return
     folder = Records.open(Path(path).parent, create=False)

@@ -108,7 +108,7 @@ def read_manifest(path: Path | RecordFile, missing: str | None = None) -> dict[s
     as the names they are. A line longer than any key can make is an error, not memory.
     ConfigError when it is missing (`missing` says what to do) or not a regular file.
     """
-    if isinstance(path, RecordFile):  # softcopy's own record: never through a link
+    if not isinstance(path, Path):  # softcopy's own record: never through a link
         opened = path.open_input("read manifest", missing)
     else:
         opened = open_input(path, "read manifest", missing)

@@ -73,7 +73,7 @@ def read_size_list(
 ) -> tuple[dict[str, tuple[int, int]], str]:
     """(key -> (size, mtime_ns), the file's BLAKE3); a regular file only, never a link of
     the records folder. ValueError names the line that is wrong."""
-    if isinstance(path, RecordFile):
+    if not isinstance(path, Path):  # a record (of a local or an object-store folder)
         opened = path.open_input("read size list", missing)
     else:
         opened = open_input(path, "read size list", missing)
