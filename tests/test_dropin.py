@@ -2,6 +2,8 @@
 `softcopy TARGETS_FILE` and `softcopy SOURCE DEST`, with its flags and its targets format,
 through the real program; the lazy group; a version above the original's."""
 
+# ruff: noqa: F811 (the fixtures imported from test_cli_habits are parameters by those names)
+
 from __future__ import annotations
 
 import filecmp
@@ -14,7 +16,9 @@ from pathlib import Path
 
 import pytest
 from conftest import DEADLINE, finish, run_softcopy, start_softcopy, tree_files
-from test_acquisition import SMALL, simulate
+
+# A finished zarr archive written once for the module, and a fresh copy of it per test.
+from test_cli_habits import archive, src  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 HINT = "softcopy: this is the original softcopy's form; the modern command is: "
@@ -28,21 +32,6 @@ targets:
   - source: {source}
     destination: {destination}
 """
-
-
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> Path:
-    """A finished zarr archive (with its complete marker), written once for the module."""
-    path = tmp_path_factory.mktemp("archive") / "acq.zarr"
-    simulate(path, SMALL)
-    return path
-
-
-@pytest.fixture
-def src(archive: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "acq.zarr"
-    shutil.copytree(archive, copy, symlinks=True)
-    return copy
 
 
 def same_tree(a: Path, b: Path) -> bool:
