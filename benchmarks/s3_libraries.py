@@ -1,4 +1,4 @@
-"""S3 upload libraries on loopback: boto3 against obstore, with `rclone copy` as the reference.
+"""S3 uploads on loopback: boto3 against obstore, softcopy itself, `rclone copy` as the reference.
 
 Measures what issue 13 asks before an object-store destination is built on one of them: how
 fast each uploads a folder of many small files and one of fewer large ones to an S3 server on
@@ -24,17 +24,28 @@ PUT (16 MiB is below the multipart threshold the issue sets), 8 requests in flig
   sends `Content-MD5` and an `md5chksum` metadata entry of its own, and HEADs every object
   after its PUT (its own check; `--s3-no-head` turns it off), so it makes two requests per
   object.
+- `softcopy`: the whole tool, `softcopy copy --kind directory` of the folder to
+  `s3://bench/PREFIX` (boto3 through sinks/s3.py: SHA-256 with every PUT, 2 copiers x
+  `--s3-concurrency 4`), finished by a `complete` marker put in the folder for its run only,
+  with a journal of its own. Its time includes what the libraries' rows leave out: planning,
+  the journal, the verification that lists the prefix (sizes come with the listing), and
+  the records under `PREFIX.softcopy/`. Its copiers run at idle CPU and I/O priority, as
+  always, so on a busy machine they yield to everything else: read its row with the load
+  average printed.
 
 After each upload the bucket is listed: the object count and total bytes must match the
 source (the run stops otherwise), then it is emptied. Per tool and folder: wall time,
 objects/s, MB/s (10^6 bytes), CPU seconds (user + system) of the uploader (this process's
-`getrusage` for the Python libraries, the child's for rclone) and of the server. The fake
-credentials are set in this process's environment and in the server's; nothing leaves
-127.0.0.1. rclone is left out with a note when it is not installed.
+`getrusage` for the Python libraries, the children's for rclone and softcopy, copiers
+included) and of the server. The fake credentials are set in this process's environment and
+in the server's; nothing leaves 127.0.0.1. rclone is left out with a note when it is not
+installed. The load average is printed before and after: on a shared machine it says how far
+to trust the rates.
 
     python benchmarks/s3_libraries.py                            # 20,000 x 64 KiB, 100 x 16 MiB
     python benchmarks/s3_libraries.py --small 2000 --large 20    # a quicker run
     python benchmarks/s3_libraries.py --tools boto3,obstore-async --rounds 3
+    python benchmarks/s3_libraries.py --tools softcopy,rclone
 """
 
 from __future__ import annotations
@@ -224,6 +235,27 @@ def upload_rclone(env: dict[str, str], folder: Path, prefix: str) -> None:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
 
 
+def upload_softcopy(endpoint: str, folder: Path, prefix: str, state: Path) -> None:
+    # The marker ends the copy as soon as everything is there; it is never in the other
+    # tools' folder. Ready age 0: the files were written before the clock started.
+    marker = folder / "complete"
+    marker.touch()
+    cmd = [sys.executable, "-m", "softcopy", "copy", str(folder), f"s3://{BUCKET}/{prefix}"]
+    cmd += ["--kind", "directory", "--ready-age", "0", "--s3-endpoint", endpoint]
+    cmd += ["--nprocs", "2", "--s3-concurrency", str(IN_FLIGHT // 2)]
+    cmd += ["--state-dir", str(state), "--quiet", "--no-progress"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    finally:
+        marker.unlink()
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def listing(client: Any, prefix: str) -> tuple[list[str], int]:
     keys, total = [], 0
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
@@ -235,15 +267,17 @@ def listing(client: Any, prefix: str) -> tuple[list[str], int]:
 
 def check_and_empty(client: Any, prefix: str, count: int, size: int, tool: str) -> None:
     keys, total = listing(client, prefix + "/")
-    if len(keys) != count or total != count * size:
+    marker = tool == "softcopy"  # and its empty `complete` marker
+    if len(keys) != count + marker or total != count * size:
         sys.exit(
             f"{tool}: the bucket holds {len(keys)} objects of {total} bytes under {prefix}/, "
-            f"expected {count} of {count * size}"
+            f"expected {count + marker} of {count * size}"
         )
+    keys += listing(client, prefix + ".softcopy/")[0]  # softcopy's records
     for i in range(0, len(keys), 1000):
         batch = [{"Key": k} for k in keys[i : i + 1000]]
         client.delete_objects(Bucket=BUCKET, Delete={"Objects": batch, "Quiet": True})
-    if listing(client, prefix + "/")[0]:
+    if listing(client, prefix)[0]:
         sys.exit(f"{tool}: could not empty {prefix}/ in the bucket")
 
 
@@ -255,7 +289,9 @@ def main() -> None:
     parser.add_argument("--large-mib", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument(
-        "--tools", default="boto3,obstore-async,obstore-threads,rclone", help="comma-separated"
+        "--tools",
+        default="boto3,obstore-async,obstore-threads,rclone,softcopy",
+        help="comma-separated",
     )
     args = parser.parse_args()
     tools = args.tools.split(",")
@@ -278,12 +314,14 @@ def main() -> None:
                 workloads.append((name, folder, write_folder(folder, count, size), size))
                 print(f"{count} files of {size // 1024} KiB in {folder}")
         print(f"moto server (pid {server.pid}) at {endpoint}, {IN_FLIGHT} requests in flight")
+        print(f"{os.cpu_count()} CPUs, {load()}")
         renv = rclone_env(endpoint, base)
         uploaders: dict[str, Callable[[str, Path, Files], None]] = {
             "boto3": lambda p, _f, files: upload_boto3(endpoint, p, files),
             "obstore-async": lambda p, _f, files: upload_obstore_async(endpoint, p, files),
             "obstore-threads": lambda p, _f, files: upload_obstore_threads(endpoint, p, files),
             "rclone": lambda p, folder, _files: upload_rclone(renv, folder, p),
+            "softcopy": lambda p, folder, _f: upload_softcopy(endpoint, folder, p, base / "state"),
         }
         for name, folder, files, size in workloads:
             count = len(files)
@@ -307,6 +345,7 @@ def main() -> None:
                     f"{count * size / wall / 1e6:7.1f} MB/s  client CPU {cpu:6.2f} s "
                     f"({cpu / count * 1e3:6.3f} ms/object)  server CPU {srv:6.2f} s"
                 )
+        print(load())
     finally:
         assert server.stdin is not None
         server.stdin.close()

@@ -10,6 +10,12 @@ from /proc, read as it exits) with the bytes per file beyond an empty run's peak
 
     python benchmarks/scale.py [--files 20000] [--rounds 1] [--nprocs 2]
     python benchmarks/scale.py --files 200000      # the issue's workload (minutes)
+    python benchmarks/scale.py --files 200000 --baseline DIR --only-softcopy
+
+`--baseline DIR` runs the softcopy of another checkout (e.g. `git worktree add DIR HEAD`)
+the same way in the same run, round by round beside this tree's (its listing step too), so
+a before/after comparison shares the machine's load; `--only-softcopy` leaves out `cp -r`
+and `rsync -a`.
 """
 
 from __future__ import annotations
@@ -122,10 +128,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--extra", default="", help="more softcopy options, e.g. '--hash'")
+    parser.add_argument("--baseline", type=Path, help="another softcopy checkout to compare")
+    parser.add_argument("--only-softcopy", action="store_true", help="no cp -r, no rsync -a")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="softcopy-scale-"))
-    here = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "XDG_STATE_HOME": str(base / "state"), "PYTHONPATH": here}
+    trees = {"": Path(__file__).resolve().parent.parent}
+    if args.baseline is not None:
+        trees["before: "] = args.baseline.resolve()
+    envs = {
+        label: {**os.environ, "XDG_STATE_HOME": str(base / f"state{i}"), "PYTHONPATH": str(tree)}
+        for i, (label, tree) in enumerate(trees.items())
+    }
     softcopy = [sys.executable, "-c", _PEAK]
     try:
         src = base / "tiny.zarr"
@@ -135,39 +148,52 @@ def main() -> None:
         files = args.files + 2
         print(f"{files} files of 1 KiB (+ zarr.json, complete) in {src}")
         sc = [*softcopy, "copy", "--nprocs", str(args.nprocs), *args.extra.split()]
-        tools = {
-            "softcopy": lambda d: [*sc, str(src), str(d)],
+        others = {
             "cp -r": lambda d: ["cp", "-r", str(src), str(d)],
             "rsync -a": lambda d: ["rsync", "-a", f"{src}/", str(d)],
         }
-        if shutil.which("rsync") is None:
+        if args.only_softcopy:
+            others = {}
+        elif shutil.which("rsync") is None:
             print("  (rsync: not installed, left out)")
-            del tools["rsync -a"]
-        listing = [sys.executable, "-c", _LISTING, str(src)]
-        subprocess.run(listing, check=True, env=env, cwd=tempfile.gettempdir())
-        results: dict[str, list[dict[str, float]]] = {n: [] for n in [*tools, "rerun"]}
-        baseline: list[float] = []
+            del others["rsync -a"]
+        # With a baseline, twice in turn: the first listings of a new tree run colder.
+        for label, env in [*envs.items()] * (2 if len(envs) > 1 else 1):
+            print(f"  {label or 'this tree: '}", end="", flush=True)
+            listing = [sys.executable, "-c", _LISTING, str(src)]
+            subprocess.run(listing, check=True, env=env, cwd=tempfile.gettempdir())
+        names = [n for label in trees for n in (f"{label}softcopy", f"{label}rerun")]
+        results: dict[str, list[dict[str, float]]] = {n: [] for n in [*names, *others]}
+        empty_peak: dict[str, list[float]] = {label: [] for label in trees}
         for i in range(args.rounds):
-            out = base / f"empty-{i}"
-            baseline.append(timed([*sc, str(empty), str(out)], env).get("peak_mb", 0.0))
-            for name, cmd in tools.items():
-                dst = base / f"out-{i}-{name.split()[0]}"
-                results[name].append(timed(cmd(dst), env))
-                if name == "softcopy":
-                    results["rerun"].append(timed(cmd(dst), env))
+            for label, env in envs.items():
+                out = base / f"empty-{i}"
+                empty_peak[label].append(timed([*sc, str(empty), str(out)], env).get("peak_mb", 0))
+                shutil.rmtree(out)
+                shutil.rmtree(f"{out}.softcopy", ignore_errors=True)
+                dst = base / f"out-{i}-softcopy"
+                results[f"{label}softcopy"].append(timed([*sc, str(src), str(dst)], env))
+                results[f"{label}rerun"].append(timed([*sc, str(src), str(dst)], env))
                 shutil.rmtree(dst)
                 shutil.rmtree(f"{dst}.softcopy", ignore_errors=True)
-        cp = statistics.median(r["wall"] for r in results["cp -r"])
-        start_mb = statistics.median(baseline)
+            for name, cmd in others.items():
+                dst = base / f"out-{i}-{name.split()[0]}"
+                results[name].append(timed(cmd(dst), envs[""]))
+                shutil.rmtree(dst)
+        cp = statistics.median(r["wall"] for r in results["cp -r"]) if others else None
         for name, runs in results.items():
             wall = statistics.median(r["wall"] for r in runs)
             user = statistics.median(r["user"] for r in runs)
             system = statistics.median(r["sys"] for r in runs)
             line = (
-                f"  {name:9s} wall {wall:6.2f} s  user {user:6.2f} s  sys {system:6.2f} s  "
-                f"{files / wall:8.0f} files/s  x{wall / cp:4.2f} of cp -r"
+                f"  {name:17s} wall {wall:6.2f} s  user {user:6.2f} s  sys {system:6.2f} s  "
+                f"{files / wall:8.0f} files/s"
             )
+            if cp is not None:
+                line += f"  x{wall / cp:4.2f} of cp -r"
             if "peak_mb" in runs[0]:
+                label = "before: " if name.startswith("before: ") else ""
+                start_mb = statistics.median(empty_peak[label])
                 peak = statistics.median(r["peak_mb"] for r in runs)
                 per_file = (peak - start_mb) * 1024 * 1024 / files
                 line += f"  peak RSS {peak:6.1f} MB ({per_file:5.0f} B/file over {start_mb:.0f})"

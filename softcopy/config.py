@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, SoftcopyError
 from .inputs import read_input
+from .locations import RECORDS_SUFFIX, is_object_store, object_url
 from .options import COMMAND_LINE, OPTIONS, Option, parse_options, target_class
 from .presets import apply_preset
 from .state.records import records_dir
@@ -29,12 +30,20 @@ def make_target(source: Any, destination: Any, options: dict[str, Any], where: s
             raise ConfigError(_field_place(where, field_name), "read target", "a path is required")
         check_local(str(value), field_name)
     src = Path(os.path.abspath(os.path.expanduser(source)))
+    preset_where = "on the command line" if where == COMMAND_LINE else where
+    if is_object_store(destination):
+        # A bucket cannot overlap a folder; whether the prefix holds something else is
+        # asked of the store when the run starts (sinks/s3.py `foreign`).
+        return TargetConfig(
+            Path(os.path.realpath(src)),
+            object_url(destination),
+            **parse_options(apply_preset(options, preset_where), where),
+        )
     dst = Path(os.path.abspath(os.path.expanduser(destination)))
     check_paths(src, dst)  # errors name the paths as the user wrote them
     problem = unrelated_destination(src, dst)
     if problem is not None:
         raise ConfigError(dst, "copy to destination", problem)
-    preset_where = "on the command line" if where == COMMAND_LINE else where
     # Links in the paths the user gave are resolved once, here: everything below is
     # then opened without following a link, and one directory has one name.
     return TargetConfig(
@@ -50,8 +59,8 @@ def _field_place(where: str, field_name: str) -> str:
 
 # ---- remote-looking paths ------------------------------------------------------------------
 
-# URL schemes people copy to; issue 13 makes s3 a destination (then it leaves this list for
-# a sink). A path object has folded "s3://b" into "s3:/b", so the scheme is told by name.
+# URL schemes people copy to; s3:// is a destination (sinks/s3.py), never a source. A path
+# object has folded "s3://b" into "s3:/b", so the scheme is told by name.
 UNSUPPORTED_SCHEMES = frozenset(
     {"s3", "gs", "gcs", "az", "azure", "abfs", "http", "https", "ftp", "ftps", "sftp", "ssh",
      "scp", "rsync", "smb", "cifs", "nfs", "hdfs", "webdav", "dav", "file", "b2", "swift"}
@@ -65,6 +74,13 @@ def remote_problem(text: str, field_name: str = "destination") -> str | None:
     if not colon or (not head and not rest) or "/" in head:
         return None
     scheme = head.lower()
+    if scheme == "s3" and rest.startswith("//"):
+        if field_name == "destination":
+            return None
+        return (
+            f"it is an object store ({text}): softcopy copies from a local or mounted folder "
+            "to object storage, not back; to restore a copy, use the store's own tools"
+        )
     if scheme in UNSUPPORTED_SCHEMES and rest.startswith("/"):
         kind = (
             f"a URL ({scheme}://{rest.lstrip('/')}): {scheme}:// {field_name}s are not "
@@ -337,8 +353,9 @@ def read_targets_file(path: Path) -> dict[str, Any]:
 
 def file_path(path: Path, value: Any) -> Any:
     """A path in a targets file: relative to the file, not to the shell; `~` is expanded
-    first, so `~/data` is not read as `<file's dir>/~/data`."""
-    if isinstance(value, str) and value:
+    first, so `~/data` is not read as `<file's dir>/~/data`. An object store's URL stays
+    as written."""
+    if isinstance(value, str) and value and not is_object_store(value):
         return Path(path).resolve().parent / os.path.expanduser(value)
     return value
 
@@ -450,6 +467,13 @@ def _check_distinct(path: Path, targets: list[TargetConfig]) -> None:
     for i, a in enumerate(targets):
         for j, b in enumerate(targets[:i]):
             here = f"{path}: targets[{i}].destination"
+            if is_object_store(a.destination) or is_object_store(b.destination):
+                if _prefixes_overlap(str(a.destination), str(b.destination)):
+                    raise ConfigError(
+                        here, "read target", f"it overlaps targets[{j}].destination "
+                        f"{b.destination}: one would delete what the other copies",
+                    )  # fmt: skip
+                continue
             if _identities(a.destination)[0] == _identities(b.destination)[0]:
                 raise ConfigError(
                     here, "read target", f"it overlaps targets[{j}].destination: targets[{j}] "
@@ -469,6 +493,13 @@ def _check_distinct(path: Path, targets: list[TargetConfig]) -> None:
                             f"{written} overlaps the source of targets[{r}], {reader.source}: "
                             "one target would copy what another writes",
                         )  # fmt: skip
+
+
+def _prefixes_overlap(a: str, b: str) -> bool:
+    """One object-store copy (or its records) inside the other's: s3://b/x and s3://b/x/y."""
+    a_all = (a + "/", a + RECORDS_SUFFIX + "/")
+    b_all = (b + "/", b + RECORDS_SUFFIX + "/")
+    return any(x.startswith(y) or y.startswith(x) for x in a_all for y in b_all)
 
 
 def with_options(target: TargetConfig, **options: Any) -> TargetConfig:

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from .errors import ConfigError
-from .units import parse_duration, parse_rate
+from .units import parse_duration, parse_rate, parse_size
 
 
 @dataclass(frozen=True)
@@ -185,6 +185,17 @@ def _duration(value: Any) -> float | None:
 
 # "7d", "12h", "90": on the command line as text, parsed here so both forms say the same.
 DURATION = Kind("duration", "float | None", _duration)
+
+
+def _part_size(value: Any) -> int:
+    size = parse_size(value)
+    if size < 5 << 20:
+        raise ValueError(f"{value!r} is less than 5Mi, the smallest part S3 allows")
+    return size
+
+
+# "64Mi", "100M": bytes; at least S3's smallest part.
+PART_SIZE = Kind("size", "int", _part_size)
 
 
 # ---- the table -----------------------------------------------------------------------------
@@ -360,6 +371,54 @@ OPTIONS: tuple[Option, ...] = (
         False,
         "With --json: an event per file copied, re-copied or deleted (with --dry-run: per "
         "file planned) [no].",
+    ),
+    # Object-store destinations (s3://BUCKET/PREFIX); credentials never come from here, only
+    # from the standard AWS chain in each process.
+    Option(
+        "s3_endpoint",
+        TEXT,
+        None,
+        "S3-compatible endpoint URL (Ceph, MinIO, Cloud Storage) [AWS_ENDPOINT_URL, else AWS].",
+    ),
+    Option(
+        "multipart_threshold",
+        PART_SIZE,
+        64 << 20,
+        "Object store: files this big or bigger go up in resumable parts [64Mi].",
+    ),
+    Option(
+        "s3_concurrency",
+        WHOLE,
+        8,
+        "Object store: requests in flight per copier for small objects [8].",
+    ),
+    # sha256: sent with every put and part, checked by the store; md5 for older stores;
+    # none for stores that refuse checksum headers (boto3's own are then sent only when
+    # an operation requires them).
+    Option(
+        "s3_checksum",
+        choice("sha256", "md5", "none", says="sha256, md5 or none"),
+        "sha256",
+        "Object store: checksum sent with every upload, checked by the store [sha256].",
+    ),
+    Option(
+        "s3_addressing",
+        choice("auto", "path", "virtual", says="auto, path or virtual"),
+        "auto",
+        "Object store: bucket in the host name (virtual) or the path (path: Ceph, MinIO) [auto].",
+    ),
+    Option(
+        "s3_timeout",
+        number(1),
+        60.0,
+        "Object store: seconds to wait for an answer before a request is tried again [60].",
+    ),
+    Option(
+        "follow_links_inside",
+        SWITCH,
+        False,
+        "Object store: upload the file a link inside the source points to, under the link's "
+        "name, instead of skipping the link with a warning [no].",
     ),
     # Targets-file only:
     Option("max_attempts", WHOLE, 5),

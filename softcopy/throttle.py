@@ -12,6 +12,7 @@ import fcntl
 import os
 import struct
 import tempfile
+import threading
 import time
 
 _STATE = struct.Struct("d")
@@ -32,19 +33,23 @@ class RateLimit:
     def __init__(self, path: str, rate: float) -> None:
         self.rate = rate
         self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        # flock keeps processes apart, not threads sharing the descriptor (a copier's
+        # puts in flight): those take this first.
+        self._threads = threading.Lock()
 
     def acquire(self, nbytes: int) -> None:
         """Wait until `nbytes` more may be transferred without exceeding the rate."""
         if nbytes <= 0:
             return
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        try:
-            (due,) = _STATE.unpack(os.pread(self.fd, _STATE.size, 0))
-            now = time.time()  # wall clock: shared by every process on the machine
-            start = max(due, now - _BURST)
-            os.pwrite(self.fd, _STATE.pack(start + nbytes / self.rate), 0)
-        finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        with self._threads:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            try:
+                (due,) = _STATE.unpack(os.pread(self.fd, _STATE.size, 0))
+                now = time.time()  # wall clock: shared by every process on the machine
+                start = max(due, now - _BURST)
+                os.pwrite(self.fd, _STATE.pack(start + nbytes / self.rate), 0)
+            finally:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
         if start > now:
             time.sleep(start - now)
 

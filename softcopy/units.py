@@ -43,6 +43,14 @@ def parse_rate(text: object) -> float:
     return value
 
 
+def parse_size(text: object) -> int:
+    """Bytes from 64Mi, 100M, 8k or a plain number (units as parse_rate reads them)."""
+    try:
+        return int(parse_rate(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size (e.g. 64Mi, 100M, 1048576 bytes)") from None
+
+
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 

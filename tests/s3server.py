@@ -169,3 +169,82 @@ def auth_server(s3_server: str) -> Iterator[AuthServer]:
     finally:
         proc.kill()
         proc.wait()
+
+
+class Outage:
+    """A TCP relay in front of the server that can go away and come back: while `cut`, every
+    connection is reset (RST) the moment it is made, and those open are reset too, the way a
+    store behind a failing load balancer looks to a client. Counted, so a test waits for
+    resets that happened, not for time to pass."""
+
+    def __init__(self, upstream: str) -> None:
+        import threading
+
+        host, _, port = upstream.removeprefix("http://").partition(":")
+        self.upstream = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.refused = 0
+        self._cut = threading.Event()
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self) -> None:
+        self._cut.set()
+        with self._lock:
+            for s in self._open:
+                _reset(s)
+            self._open.clear()
+
+    def restore(self) -> None:
+        self._cut.clear()
+
+    def close(self) -> None:
+        self.cut()
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept
+        except OSError:
+            pass
+        self.listener.close()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            if self._cut.is_set():
+                _reset(client)
+                self.refused += 1
+                continue
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                _reset(client)
+                continue
+            with self._lock:
+                self._open += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+
+
+def _reset(s: socket.socket) -> None:
+    import struct
+
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # linger 0: the peer gets a reset, not an orderly end
+    except OSError:
+        pass
+
+
+def _pump(a: socket.socket, b: socket.socket) -> None:
+    try:
+        while data := a.recv(65536):
+            b.sendall(data)
+        b.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass

@@ -1,7 +1,7 @@
 """Habits of rsync, rclone and cp users met with clear refusals, and messages without slips.
 
 A DESTINATION that is a folder to copy *into* (`cp -r SRC DEST/`), a destination that looks
-remote (`host:/path`, `s3://`), every error of a targets file at once with its line and
+remote (`host:/path`, `gs://`), every error of a targets file at once with its line and
 a "did you mean", and the wording of counts, flags and the read-only destination.
 """
 
@@ -96,7 +96,7 @@ REMOTE = [
     ("host:/data/run1", "a remote location"),
     ("user@host:run1", "a remote location"),
     ("gdrive:backup", "a remote location"),  # an rclone remote
-    ("s3://bucket/run1", "s3:// destinations are not supported yet"),
+    ("gs://bucket/run1", "gs:// destinations are not supported yet"),  # s3:// is one
     ("https://example.org/run1", "https:// destinations are not supported yet"),
 ]
 

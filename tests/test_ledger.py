@@ -277,14 +277,19 @@ def check_against(ledger: Ledger, model: Model) -> None:
 @settings(max_examples=300, deadline=None)
 @given(ops_st, st.booleans())
 def test_the_ledger_agrees_with_a_dict_of_keys(ops: list[tuple], tiny_tail: bool) -> None:
-    # A tiny tail makes the sparse rows merge and compact within a few operations.
-    saved = ledger_module._TAIL_ROWS, ledger_module._LOOKUP_MERGE
+    # A tiny tail makes the sparse rows merge and compact within a few operations; tiny
+    # blocks and spans make an in-place merge or densify, and a pass over the rows, take
+    # several steps.
+    names = ("_TAIL_ROWS", "_LOOKUP_MERGE", "_BLOCK", "_SPAN")
+    saved = [getattr(ledger_module, name) for name in names]
     if tiny_tail:
-        ledger_module._TAIL_ROWS, ledger_module._LOOKUP_MERGE = 2, 3
+        for name, value in zip(names, (2, 3, 2, 5), strict=True):
+            setattr(ledger_module, name, value)
     try:
         run_model(ops)
     finally:
-        ledger_module._TAIL_ROWS, ledger_module._LOOKUP_MERGE = saved
+        for name, value in zip(names, saved, strict=True):
+            setattr(ledger_module, name, value)
 
 
 def run_model(ops: list[tuple]) -> None:

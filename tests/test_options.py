@@ -60,6 +60,8 @@ SAMPLES: dict[str, tuple[list[str], str]] = {
     "globs": (["a*", "b/*"], "['a*', 'b/*']"),
     "directory": (["~/state"], "~/state"),
     "file name": (["done.txt"], "done.txt"),
+    "text": (["http://127.0.0.1:9000"], "http://127.0.0.1:9000"),
+    "size": (["8Mi"], "8Mi"),
 }
 
 
@@ -125,6 +127,8 @@ def test_help_notes_state_the_defaults() -> None:
         default = option.default
         if isinstance(default, bool):
             note = "[yes" if default else "[no"
+        elif option.kind.tag == "size":
+            note = f"[{default >> 20}Mi]"
         elif isinstance(default, int | float):
             note = f"[{default:g}]"
         elif isinstance(default, str):

@@ -619,3 +619,47 @@ def test_copiers_write_through_the_sink_their_spec_names(setup: Setup, sink: Sin
     assert [o.status for o in outcomes] == [COPIED] * len(keys)
     for key in keys:
         assert read(sink, key) == key.encode("utf-8", "surrogateescape")
+
+
+def test_peek_takes_nothing_and_says_what_is_there(setup: Setup) -> None:
+    """What a dry run looks at: no lock, nothing made."""
+    fresh = setup.make()
+    try:
+        holds, records = fresh.peek()
+        assert holds is False
+        if records is not None:
+            with pytest.raises(FileNotFoundError):
+                records.read("target.json")
+    finally:
+        fresh.close()
+    writer = setup.make()
+    writer.lock()
+    writer.create()
+    try:
+        write(setup.src, "a/b", b"data")
+        assert writer.put(str(setup.src), "a/b").status == COPIED
+        other = setup.make()  # while the run holds its lock: a dry run still looks
+        try:
+            assert other.peek()[0] is True
+        finally:
+            other.close()
+    finally:
+        writer.close()
+
+
+def test_a_destination_holding_only_other_things_is_foreign(setup: Setup, sink: Sink) -> None:
+    write(setup.src, "theirs.pdf", b"not the source's")
+    assert sink.put(str(setup.src), "theirs.pdf").status == COPIED
+    os.unlink(setup.src / "theirs.pdf")
+    write(setup.src, "zarr.json", b"{}")
+    problem = sink.foreign(str(setup.src))
+    assert problem is not None and "theirs.pdf" in problem
+    write(setup.src, "theirs.pdf", b"a name the source has too: a partial copy, resumed")
+    assert sink.foreign(str(setup.src)) is None
+
+
+def test_tidy_after_a_copy_leaves_what_was_copied(setup: Setup, sink: Sink) -> None:
+    write(setup.src, "kept", b"x" * 100)
+    assert sink.put(str(setup.src), "kept").status == COPIED
+    sink.tidy()
+    assert read(sink, "kept") == b"x" * 100

@@ -175,6 +175,10 @@ def configure(obj: dict[str, Any]) -> None:
         root.addHandler(log_file)
         levels.append(file_level)
     root.setLevel(min(levels))
+    # An object store's libraries log where they found credentials and each request, at
+    # INFO and DEBUG: noise among softcopy's lines unless debugging.
+    for name in ("boto3", "botocore", "s3transfer", "urllib3"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _open_log(path: str) -> Any:

@@ -95,7 +95,11 @@ def copy(
     dry_run: bool,
     **options: Any,
 ) -> None:
-    """Copy one zarr SOURCE to DESTINATION (the copy itself; created if missing)."""
+    """Copy one zarr SOURCE to DESTINATION (the copy itself; created if missing).
+
+    DESTINATION may be an object store, s3://BUCKET/PREFIX: each file becomes the object
+    PREFIX/<path>, the records go under PREFIX.softcopy/ (docs/object-storage.md).
+    """
     _run(
         ctx,
         lambda: [

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import EXIT_FAILED, EXIT_OK
+from ..errors import EXIT_FAILED, EXIT_OK, ConfigError
+from ..locations import is_object_store
 from ..names import shown
 from .signals import guarded, say
 
@@ -27,7 +28,8 @@ Exit codes: 0 released (or, with --dry-run, would be), 1 refused, 2 usage error.
 
 
 @click.command(epilog=RELEASE_HELP)
-@click.argument("destination", type=click.Path(path_type=Path))
+# Text first: a Path folds s3://b into s3:/b.
+@click.argument("destination", type=click.Path())
 @click.option(
     "--source",
     type=click.Path(path_type=Path),
@@ -52,7 +54,7 @@ Exit codes: 0 released (or, with --dry-run, would be), 1 refused, 2 usage error.
 @click.pass_context
 def release(
     ctx: click.Context,
-    destination: Path,
+    destination: str,
     source: Path | None,
     to: Path | None,
     rehash: bool,
@@ -64,8 +66,14 @@ def release(
     from ..service.release import release as release_source
 
     def body() -> int:
+        if is_object_store(destination):
+            raise ConfigError(
+                destination, "release the source of", "freeing the source of an object-store "
+                "copy is not built yet: check the copy with `softcopy verify --hash SOURCE "
+                f"{destination}`, and free the source yourself",
+            )  # fmt: skip
         outcome = release_source(
-            destination, source, to=to, rehash=rehash, dry_run=dry_run, state_dir=state_dir
+            Path(destination), source, to=to, rehash=rehash, dry_run=dry_run, state_dir=state_dir
         )
         if as_json:
             say(json.dumps(outcome.as_dict()))

@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..names import json_record, safe_text, shown
+from ..sinks.base import UNLIMITED
 from ..state.journal import RUNNING_STATES
 from ..units import counted, human_bytes
 
@@ -40,6 +41,8 @@ def plan_text(
 
     inodes = plan.get("free_inodes")
     free = human_bytes(plan.get("free_bytes") or 0)
+    if (plan.get("free_bytes") or 0) >= UNLIMITED:
+        free = "no limit known (a bucket: a quota shows as a refused upload)"
     if inodes is not None:
         free += f" and {inodes} inodes"
     listing = [

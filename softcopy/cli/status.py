@@ -187,18 +187,24 @@ def _log_tail(destination: str) -> list[dict[str, Any]]:
     """The last lines of the copy's run log (DEST.softcopy/log.jsonl); [] when it has none.
     Read like every record: never through a link, whoever owns the folder."""
     from ..errors import SoftcopyError
+    from ..locations import is_object_store
     from ..state.records import Records, records_dir
     from ..state.runlog import read_tail
 
     try:
-        records = Records.open(records_dir(Path(destination)), create=False, check_owner=False)
+        if is_object_store(destination):  # the store found as a copy would find it (AWS chain)
+            from ..sinks.base import sink_from_spec, spec_for
+
+            records = sink_from_spec(spec_for(destination)).peek()[1]
+        else:
+            records = Records.open(records_dir(Path(destination)), create=False, check_owner=False)
     except SoftcopyError:
         return []  # a folder gone bad says so when the copy runs; status shows the journal
     if records is None:
         return []
     try:
         return read_tail(records, LOG_LINES)
-    except OSError:
+    except (OSError, SoftcopyError):
         return []
     finally:
         records.close()

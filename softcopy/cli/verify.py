@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +17,10 @@ from ..names import json_record
 from .common import quiet_asked
 from .render import verify_summary_text
 from .signals import guarded
+
+if TYPE_CHECKING:  # `softcopy --help` loads this module: nothing heavy at import
+    from ..sinks.base import RecordsFolder
+    from ..verify.compare import Verification
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +33,15 @@ made without --hash is checked against its size list (files.tsv: sizes and
 modification times).
 Files the copy left out by its --include/--exclude (recorded in its
 certificate) are not compared; --include/--exclude here narrow it further.
+DESTINATION may be an object store, s3://BUCKET/PREFIX (records under
+s3://BUCKET/PREFIX.softcopy/): its listing gives keys and sizes, --hash
+downloads every object again; source links are skipped (stores have none).
 Exit codes: 0 identical, 1 differences found (all listed), 2 usage error."""
 
 
 @click.command(epilog=VERIFY_HELP)
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+# Plain text, not a Path: a Path folds the two slashes of s3://BUCKET/PREFIX into one.
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option(
     "--hash", "hashes", is_flag=True, help="Compare content by BLAKE3 (reads both sides)."
 )
@@ -58,10 +67,20 @@ Exit codes: 0 identical, 1 differences found (all listed), 2 usage error."""
     metavar="GLOB",
     help="Leave out keys matching (repeatable), besides what the copy recorded.",
 )
+@click.option(
+    "--s3-endpoint",
+    metavar="URL",
+    help="Object store: S3-compatible endpoint URL [AWS_ENDPOINT_URL, else AWS].",
+)
+@click.option(
+    "--follow-links-inside",
+    is_flag=True,
+    help="Object store: the copy uploaded the files links inside the source lead to.",
+)
 @click.pass_context
 def verify(
     ctx: click.Context,
-    paths: tuple[Path, ...],
+    paths: tuple[str, ...],
     hashes: bool,
     decode: bool,
     manifest: Path | None,
@@ -69,18 +88,23 @@ def verify(
     workers: int,
     include: tuple[str, ...],
     exclude: tuple[str, ...],
+    follow_links_inside: bool,
+    s3_endpoint: str | None,
 ) -> None:
     """Check a copy: `verify SOURCE DESTINATION`, or `verify DESTINATION` against its records."""
+    store = {"endpoint_url": s3_endpoint or "", "follow_links_inside": follow_links_inside}
     ctx.exit(
         guarded(
             ctx,
-            lambda: _verify(paths, hashes, decode, manifest, as_json, workers, include, exclude),
+            lambda: _verify(
+                paths, hashes, decode, manifest, as_json, workers, include, exclude, store
+            ),
         )
     )
 
 
 def _verify(
-    paths: tuple[Path, ...],
+    texts: tuple[str, ...],
     hashes: bool,
     decode: bool,
     manifest: Path | None,
@@ -88,20 +112,32 @@ def _verify(
     workers: int,
     include: tuple[str, ...] = (),
     exclude: tuple[str, ...] = (),
+    store: dict | None = None,
 ) -> int:
+    from ..locations import is_object_store
     from ..sources.select import Selection
     from ..state.records import RecordFile, Records, records_dir
     from ..verify.compare import check_manifest, check_sizes, compare_trees
     from ..verify.manifest import MANIFEST, read_manifest
 
-    if len(paths) > 2:
-        raise ConfigError(
-            " ".join(map(str, paths)), "verify", "give SOURCE DESTINATION or DESTINATION"
+    if len(texts) > 2:
+        shown = (t if is_object_store(t) else str(Path(t)) for t in texts)
+        raise ConfigError(" ".join(shown), "verify", "give SOURCE DESTINATION or DESTINATION")
+    for text in texts[:-1]:
+        if is_object_store(text):
+            raise ConfigError(
+                text, "verify", "an object store can be the destination only, not the source"
+            )
+    started = time.monotonic()
+    if is_object_store(texts[-1]):
+        result, mode = _verify_object_store(
+            texts, hashes, decode, manifest, workers, Selection("", (), include, exclude), store
         )
+        return _report(result, mode, started, as_json)
+    paths = tuple(Path(text) for text in texts)
     for path in paths:
         if not path.is_dir():
             raise ConfigError(path, "verify", "it is not a directory")
-    started = time.monotonic()
     destination = paths[-1]
     # softcopy's own records, beside the directory the copy resolved DESTINATION to:
     # read without following a link, like every record (any owner may read them).
@@ -150,6 +186,11 @@ def _verify(
 
         result.findings += check_decode(str(destination), scan_tree(str(destination)).files)
         mode += ", decoded"
+    return _report(result, mode, started, as_json)
+
+
+def _report(result: Verification, mode: str, started: float, as_json: bool) -> int:
+    """Every finding, then the summary: the same lines and records for every destination."""
     seconds = time.monotonic() - started
     quiet = quiet_asked()  # -q: stdout stays empty; what differs goes to stderr
     for finding in result.findings:
@@ -177,17 +218,29 @@ def _verify(
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
-def _certificate(records: object) -> dict | None:
+def _certificate(records: RecordsFolder | None) -> dict | None:
     """The copy's certificate (None when there is none: a copy not finished, or not ours)."""
     from ..state.records import Records
     from ..verify.manifest import CERTIFICATE
 
-    if not isinstance(records, Records) or not _has(records, CERTIFICATE):
+    if records is None:
         return None
     where = records / CERTIFICATE
+    if isinstance(records, Records):
+        if not _has(records, CERTIFICATE):
+            return None
+        try:
+            data = where.read_bytes()
+        except OSError as exc:
+            raise ConfigError(where, "read certificate", str(exc)) from exc
+    else:  # an object store's: one request says whether it is there and what it holds
+        try:
+            data = records.read(CERTIFICATE)
+        except FileNotFoundError:
+            return None
     try:
-        record = json.loads(where.read_bytes())
-    except (OSError, ValueError) as exc:
+        record = json.loads(data)
+    except ValueError as exc:
         raise ConfigError(where, "read certificate", str(exc)) from exc
     if not isinstance(record, dict):
         raise ConfigError(where, "read certificate", "it is not a JSON object")
@@ -232,10 +285,10 @@ def _has(records: object, name: str) -> bool:
 
 
 def _size_list(
-    side: Path, records: object, cert: dict | None, hashes: bool
+    side: Path | RecordsFolder, records: RecordsFolder | None, cert: dict | None, hashes: bool
 ) -> dict[str, tuple[int, int]]:
-    """The size list a finished copy left, if its certificate vouches for it."""
-    from ..state.records import Records
+    """The size list a finished copy left, if its certificate vouches for it. `side`: where
+    the records are (or would be), for messages."""
     from ..verify.manifest import CERTIFICATE, MANIFEST
     from ..verify.sizes import SIZE_LIST, read_size_list
 
@@ -246,7 +299,7 @@ def _size_list(
             "there is no manifest (the copy was made without --hash); give SOURCE too to "
             "compare content, or drop --hash to check sizes against the size list",
         )
-    if not isinstance(records, Records):
+    if records is None:
         raise ConfigError(
             side / MANIFEST,
             "read manifest",
@@ -288,3 +341,92 @@ def _size_list(
             "it is not the one the certificate names (its BLAKE3 differs); give SOURCE too",
         )
     return entries
+
+
+def _verify_object_store(
+    texts: tuple[str, ...],
+    hashes: bool,
+    decode: bool,
+    manifest: Path | None,
+    workers: int,
+    asked: object,
+    store: dict | None,
+) -> tuple[Verification, str]:
+    """`verify [SOURCE] s3://BUCKET/PREFIX`: the objects through the sink, the records read
+    from PREFIX.softcopy/ without taking the run's lock (a check may run beside a copy)."""
+    from ..sinks.base import sink_from_spec, spec_for
+    from ..verify.objects import check_sink_manifest, check_sink_sizes, compare_with_sink
+
+    location = texts[-1]
+    if decode:
+        raise ConfigError(
+            location, "decode", "--decode reads chunks of a directory, not of an object store"
+        )
+    source = Path(texts[0]) if len(texts) == 2 else None
+    if source is not None and not source.is_dir():
+        raise ConfigError(source, "verify", "it is not a directory")
+    if source is not None and manifest is not None:
+        raise ConfigError(manifest, "verify", "--manifest checks DESTINATION alone; give one path")
+    store = store or {}
+    options = {"endpoint_url": store["endpoint_url"]} if store.get("endpoint_url") else {}
+    if store.get("follow_links_inside"):
+        options["follow_links_inside"] = "true"
+    sink = sink_from_spec(spec_for(location, options))
+    try:
+        # Takes nothing; a missing bucket, wrong credentials or an endpoint that does not
+        # answer are the sink's ConfigError here, before anything is compared.
+        holds, records = sink.peek()
+        if not holds:
+            raise ConfigError(location, "verify", "no object is stored under it")
+        cert: dict | None = None
+        try:
+            cert = _certificate(records)
+        except SoftcopyError as exc:
+            if source is None and manifest is None:
+                raise
+            log.warning("%s; comparing every file", exc)
+        keep = _keep(cert, asked)
+        if source is not None:
+            result = compare_with_sink(str(source), sink, hashes=hashes, workers=workers, keep=keep)
+            mode = "BLAKE3" if hashes else "size"
+        else:
+            digests = _object_manifest(records, manifest)
+            if digests is not None:
+                result = check_sink_manifest(sink, digests, workers, keep)
+                mode = "BLAKE3 against the manifest"
+            elif records is None:
+                raise ConfigError(location, "verify without the source", "it has no records")
+            else:
+                result = check_sink_sizes(sink, _size_list(records, records, cert, hashes), keep)
+                mode = "sizes and modification times against the size list"
+    finally:
+        sink.close()
+    if result.links_skipped:
+        n = result.links_skipped
+        mode += f", {n} source link{'s' * (n != 1)} skipped (object storage has none)"
+    return result, mode
+
+
+def _object_manifest(records: RecordsFolder | None, manifest: Path | None) -> dict | None:
+    """The digests of --manifest, else of the manifest record; None when there is none."""
+    import io
+
+    from ..verify.manifest import MANIFEST, MAX_LINE, parse_lines, read_manifest
+
+    if manifest is not None:
+        try:
+            return read_manifest(manifest)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(manifest, "read manifest", str(exc)) from exc
+    if records is None:
+        return None
+    try:
+        data = records.read(MANIFEST)  # one request says whether it is there, and gets it
+    except FileNotFoundError:
+        return None
+    where = records / MANIFEST
+    body = io.BytesIO(data)
+    try:
+        return parse_lines(iter(lambda: body.readline(MAX_LINE + 1), b""), where)
+    except ValueError as exc:
+        raise ConfigError(where, "read manifest", str(exc)) from exc

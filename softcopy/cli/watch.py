@@ -27,12 +27,13 @@ def _service_options() -> Any:
 
 
 @click.command(epilog=WATCH_HELP)
-@click.argument("source_root", type=click.Path(path_type=Path))
-@click.argument("destination_root", type=click.Path(path_type=Path))
+# Text, not Path: a Path folds s3://b into s3:/b, which names a local folder.
+@click.argument("source_root", type=click.Path())
+@click.argument("destination_root", type=click.Path())
 @_service_options()
 @click_options()
 @click.pass_context
-def watch(ctx: click.Context, source_root: Path, destination_root: Path, **values: Any) -> None:
+def watch(ctx: click.Context, source_root: str, destination_root: str, **values: Any) -> None:
     """Copy every run that appears under SOURCE_ROOT to DESTINATION_ROOT, one copy per run
     (the same engine, options and promises as `copy`), until stopped."""
     from ..service.watch import SERVICE_OPTIONS, Service, watch_config

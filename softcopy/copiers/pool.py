@@ -156,22 +156,32 @@ def child_main(fd: int, parent_pid: int, options: CopierOptions) -> None:
             break
         _, batch_id, jobs = message
         outcomes: list[Outcome] = []
+
+        def put(job: tuple[str, bool]) -> Outcome | None:
+            if stopping:
+                return None  # not begun: the supervisor sees it as lost, and hands it out again
+            key, compare_first = job
+            outcome = sink.put(
+                options.source, key, compare_first, options.fsync, options.digest, throttle
+            )
+            if options.sleep_time > 0 and not stopping:
+                select.select([wake_r], [], [], options.sleep_time)
+            return outcome
+
         try:
-            for key, compare_first in jobs:
-                if stopping:
-                    break
-                outcomes.append(
-                    sink.put(
-                        options.source,
-                        key,
-                        compare_first,
-                        options.fsync,
-                        options.digest,
-                        throttle,
-                    )
-                )
-                if options.sleep_time > 0 and not stopping:
-                    select.select([wake_r], [], [], options.sleep_time)
+            if sink.puts_in_flight > 1 and len(jobs) > 1:
+                # An object store answers each small put after a round trip: several in
+                # flight keep its connection pool busy instead of waiting on each.
+                from concurrent.futures import ThreadPoolExecutor  # only a store's copiers
+
+                with ThreadPoolExecutor(min(sink.puts_in_flight, len(jobs))) as threads:
+                    outcomes += [o for o in threads.map(put, jobs) if o is not None]
+            else:
+                for job in jobs:
+                    outcome = put(job)
+                    if outcome is None:
+                        break
+                    outcomes.append(outcome)
         finally:
             sink.release()
         try:

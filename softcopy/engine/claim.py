@@ -14,10 +14,11 @@ import errno
 import json
 import logging
 import os
+from collections.abc import Callable
 
-from ..config import TargetConfig, unrelated_destination
+from ..config import TargetConfig
 from ..errors import ConfigError, from_os_error
-from ..state.records import LINK_PROBLEM, Records, records_dir
+from ..state.records import LINK_PROBLEM, Records
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +31,25 @@ def source_identity(src: str) -> list[int]:
     return [st.st_dev, st.st_ino]
 
 
-def claim(cfg: TargetConfig, existed: bool, previous: dict | None) -> bool:
-    """True when the destination is ours to make a copy of cfg.source; refuses otherwise."""
+def claim(
+    cfg: TargetConfig,
+    existed: bool,
+    previous: dict | None,
+    foreign: Callable[[str], str | None],
+    records: object,
+) -> bool:
+    """True when the destination is ours to make a copy of cfg.source; refuses otherwise.
+
+    `foreign` is the sink's: why its destination is something else's, if it is. `records`
+    names where target.json is, for messages.
+    """
     src, dst = str(cfg.source), str(cfg.destination)
     if not existed:
         return True
     if previous is None or not isinstance(previous.get("source"), str):
         # Checked when the target was made too; again here for a source that appeared
         # only since (--wait-for-source, the service).
-        problem = unrelated_destination(cfg.source, cfg.destination)
+        problem = foreign(src)
         if problem is not None:
             raise ConfigError(dst, "copy to destination", problem)
         return False
@@ -52,7 +63,6 @@ def claim(cfg: TargetConfig, existed: bool, previous: dict | None) -> bool:
     if cfg.replace:
         log.warning("%s: replacing the copy of %s in %s (--replace)", src, source, dst)
         return True
-    records = records_dir(cfg.destination) / "target.json"
     if source != src:
         problem = (
             f"it holds softcopy's copy of another source, {source} (so says {records}), "

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from ..names import json_record
 from ..sources.select import Selection
@@ -24,6 +24,9 @@ from ..verify.manifest import CERTIFICATE, MANIFEST, write_certificate, write_ma
 from ..verify.sizes import SIZE_LIST, format_entry, write_size_list
 from .events import Summary
 from .finish import end_record
+
+if TYPE_CHECKING:
+    from ..sinks.base import Sink
 
 
 def verdict(findings: list[Finding], failures: dict[str, str], owned: bool) -> str:
@@ -58,7 +61,7 @@ def certificate(
     size_list_blake3: str | None = None,
 ) -> dict:
     present, expected = chunks
-    return {
+    record = {
         "source": summary.source,
         "destination": summary.destination,
         "started": _iso(started),
@@ -80,7 +83,13 @@ def certificate(
         "selection": None if selection is None else selection_record(selection),
         "size_list": SIZE_LIST if size_list_blake3 else None,
         "size_list_blake3": size_list_blake3,
+        # Links the source holds at the end that this kind of destination cannot.
+        "links_skipped": verification.links_skipped,
     }
+    if verification.links_skipped:
+        # The copy lacks what those links said: freeing the source would lose it.
+        record["safe_to_free"] = False
+    return record
 
 
 def selection_record(selection: Selection) -> dict:
@@ -93,21 +102,18 @@ def selection_record(selection: Selection) -> dict:
 
 
 def write_size_list_of(
-    records: Records, verification: Verification, destination: str, markers: Iterable[str]
+    records: Records, verification: Verification, sink: Sink, markers: Iterable[str]
 ) -> str:
     """The size list (files.tsv) of every regular file of the verified copy: what
-    verification found, then the markers published after it (lstat: a marker copied as a
-    link is not a file). Returns its BLAKE3, which the certificate records."""
+    verification found, then the markers published after it (a marker copied as a link is
+    not a file). Returns its BLAKE3, which the certificate records."""
     body = verification.size_list
     body.seek(0, os.SEEK_END)
     for key in sorted(markers):
-        try:
-            st = os.lstat(os.path.join(destination, key))
-        except FileNotFoundError:
-            continue
-        if stat.S_ISREG(st.st_mode):
+        held = sink.version(key)
+        if held is not None and sink.link_target(key) is None:
             body.write(
-                format_entry(key, st.st_size, st.st_mtime_ns).encode("utf-8", "surrogateescape")
+                format_entry(key, held.size, held.mtime_ns).encode("utf-8", "surrogateescape")
             )
     return write_size_list(records / SIZE_LIST, body)
 

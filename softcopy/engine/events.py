@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 
+from ..sinks.base import UNLIMITED
 from ..states import FINAL_STATES, RUNNING_STATES, State
 from ..units import counted, human_bytes
 from ..verify.compare import Finding
@@ -22,6 +23,7 @@ class Event(StrEnum):
     WAITING = "waiting"  # everything copied, no end rule met yet: what would end it
     STALLED = "stalled"  # work pending, nothing finished for a while: why
     FILE_FAILED = "file_failed"
+    FILE_SKIPPED = "file_skipped"  # the destination cannot hold it (a link at an object store)
     # Per file, only when asked (--file-events) and always in the run log (state/runlog.py):
     FILE_COPIED = "file_copied"  # a file new at the destination
     FILE_RECOPIED = "file_recopied"  # replaced a version the destination held
@@ -57,6 +59,7 @@ class Summary:
     # --dry-run, per file: (key, action, size); listed with -v, not part of the summary event
     plan_files: list[tuple[str, str, int]] = field(default_factory=list, repr=False)
     end_rule: str = ""  # marker, sentinel, settle, idle_timeout (finish.END_PROVEN)
+    links_skipped: list[str] = field(default_factory=list)  # an object store has no links
 
     @property
     def ok(self) -> bool:
@@ -67,6 +70,7 @@ class Summary:
     def line(self) -> str:
         if self.state == State.DRY_RUN:
             p = self.plan
+            free = human_bytes(p["free_bytes"]) if p["free_bytes"] < UNLIMITED else "no limit known"
             return (
                 f"dry run: {self.source} -> {self.destination}: would copy "
                 f"{counted(p['files_to_copy'], 'file')} ({human_bytes(p['bytes_to_copy'])}), "
@@ -75,10 +79,13 @@ class Summary:
                 "size; compare "
                 f"{p['files_to_compare']}, trust {p['files_trusted']}, delete "
                 f"{p['files_to_delete']}, leave {p['extras_kept']} foreign; "
-                f"{human_bytes(p['free_bytes'])} free at {p['destination_mount']}: "
+                f"{free} free at {p['destination_mount']}: "
                 + ("fits" if p["fits"] else "DOES NOT FIT")
             )
         rate = self.bytes_copied / self.seconds / 1e6 if self.seconds > 0 else 0.0
+        skipped = (
+            f"{counted(len(self.links_skipped), 'link')} skipped; " if self.links_skipped else ""
+        )
         checked = "verified" if self.ok else "at the source"
         return (
             f"{self.state}: {self.source} -> {self.destination}: "
@@ -86,7 +93,7 @@ class Summary:
             f"{checked}; "
             f"{self.files_copied} copied ({human_bytes(self.bytes_copied)}), "
             f"{self.files_deleted} deleted, {self.files_already_there} already there; "
-            f"{self.seconds:.1f} s, {rate:.1f} MB/s"
+            f"{skipped}{self.seconds:.1f} s, {rate:.1f} MB/s"
         )
 
     def as_dict(self) -> dict:
@@ -96,6 +103,7 @@ class Summary:
         d["failures"] = dict(self.failures)
         d["plan"] = dict(self.plan)
         d["findings"] = [f.as_dict() for f in self.findings]
+        d["links_skipped"] = list(self.links_skipped)
         return d
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +50,11 @@ _LOOKUP_MERGE = 1000
 _COORDINATE_MEMO = 65536
 # Keys a rerun's bulk trust gathers per array before one vectorised step.
 _TRUST_BATCH = 8192
+# Rows one step of an in-place merge or densify copies aside (32 B each for the versions).
+_BLOCK = 4096
+# Rows one step of a pass over every row looks at: its temporaries are a span's, not the
+# array's (a mask's indices and sizes alone were 24 B per row of ten million at once).
+_SPAN = 16384
 
 
 def _as_row(version: Version | None) -> tuple[int, ...]:
@@ -199,13 +204,27 @@ class _ArrayState:
         capacity = len(self.ids)
         if self.size + k <= capacity:
             return
-        # Grow by a quarter: amortised appends, and at most 25% of the rows allocated unused.
-        capacity = max(self.size + k, capacity + capacity // 4 + 16)
-        self.src = _resized(self.src, self.size, capacity)
-        self.flags = _resized(self.flags, self.size, capacity)
-        self.ids = _resized(self.ids, self.size, capacity)
-        if self.digest is not None:
-            self.digest = _resized(self.digest, self.size, capacity)
+        # Grow by a quarter: amortised appends, and at most 25% of the rows allocated unused;
+        # never past the rows at which the array turns dense (and grows to its grid anyway).
+        most = -(-4 * self.layout.n_files // 5)
+        self._fit(max(self.size + k, min(capacity + capacity // 4 + 16, most)))
+
+    def _fit(self, capacity: int) -> None:
+        """Give every row array `capacity` rows, keeping rows [0, size).
+
+        In place where numpy can (a realloc: the kernel moves a large block's pages, so the
+        old and the new rows never live side by side), else by a copy.
+        """
+        for name in ("src", "flags", "ids", "digest"):
+            a = getattr(self, name)
+            if a is None or len(a) == capacity:
+                continue
+            setattr(self, name, None)  # our own reference would make numpy refuse
+            try:
+                a.resize((capacity, *a.shape[1:]), refcheck=True)
+            except ValueError:  # a view of it, or a view itself: copy
+                a = _resized(a, min(self.size, capacity), capacity)
+            setattr(self, name, a)
 
     def _flush(self, compact: bool = False) -> None:
         """Merge the tail into the sorted rows; with `compact`, drop rows that hold nothing.
@@ -214,18 +233,54 @@ class _ArrayState:
         it is about to fill.
         """
         assert self.ids is not None
+        if not compact:
+            self._merge()
+            return
         n = self.size
         # Stable argsort is a timsort here: a sorted run and a short tail merge in linear time.
         order = np.argsort(self.ids[:n], kind="stable")
-        if compact:
-            keep = (self.src[:n, 0] >= 0) | ((self.flags[:n] & _LIVE) != 0)
-            order = order[keep[order]]
+        keep = (self.src[:n, 0] >= 0) | ((self.flags[:n] & _LIVE) != 0)
+        order = order[keep[order]]
         self.ids = self.ids[order]
         self.src = self.src[order]
         self.flags = self.flags[order]
         if self.digest is not None:
             self.digest = self.digest[order]
         self.size = self.ordered = len(order)
+        self.tail = {}
+
+    def _arrays(self) -> list[np.ndarray]:
+        return [a for a in (self.ids, self.src, self.flags, self.digest) if a is not None]
+
+    def _merge(self) -> None:
+        """Merge the tail into the sorted rows in place.
+
+        Only the tail and one block of rows are ever copied aside: a merge that permuted
+        whole arrays into new ones would hold every row twice for a moment, and that moment
+        was most of a large listing's peak memory. Sorted rows only move up (by the number
+        of tail rows below them), so the blocks go from the top down and never overwrite a
+        row still to be moved.
+        """
+        assert self.ids is not None
+        o, n = self.ordered, self.size
+        if n > o:
+            arrays = self._arrays()
+            ids = self.ids
+            order = np.argsort(ids[o:n], kind="stable")
+            saved = [a[o:n][order] for a in arrays]
+            tail = saved[0]
+            into = np.searchsorted(ids[:o], tail) + np.arange(len(tail))
+            for top in range(o, 0, -_BLOCK):
+                low = max(0, top - _BLOCK)
+                shift = np.searchsorted(tail, ids[low:top])
+                if not shift[-1]:
+                    break  # no tail row sorts below these rows: they and all below stay
+                moved = np.arange(low, top) + shift
+                for a in arrays:
+                    a[moved] = a[low:top].copy()
+            for a, rows in zip(arrays, saved, strict=True):
+                a[into] = rows
+        self.ordered = n
         self.tail = {}
 
     def compact(self) -> None:
@@ -237,18 +292,35 @@ class _ArrayState:
             self._flush(compact=True)
 
     def _densify(self) -> None:
-        assert self.ids is not None
-        n = self.size
-        state = _ArrayState.build(
-            self.layout,
-            self.ids[:n],
-            self.src[:n],
-            self.flags[:n],
-            None if self.digest is None else self.digest[:n],
-            self.other_dst,
-        )
-        self.src, self.flags, self.ids, self.digest = state.src, state.flags, None, state.digest
-        self.size = self.ordered = state.size
+        """Index the rows by chunk index instead of holding the indices, in place.
+
+        The arrays grow to one row per grid cell (a realloc, see `_fit`), and each row moves
+        up to its chunk index: sorted distinct indices are never below their row, so from
+        the top down, a block at a time, no row is overwritten before it moved. Building new
+        dense arrays beside the sparse ones would hold both, about 74 B per grid cell.
+        """
+        self._merge()
+        ids = self.ids
+        assert ids is not None
+        n, cells = self.size, self.layout.n_files
+        self.ids = None
+        self._fit(cells)
+        arrays = self._arrays()
+        for top in range(n, 0, -_BLOCK):
+            low = max(0, top - _BLOCK)
+            moved = ids[low:top]
+            if moved[-1] == top - 1:
+                break  # indices [0, top) all present: every row below is in its place
+            for a in arrays:
+                a[moved] = a[low:top].copy()
+        hole = np.ones(cells, dtype=bool)
+        hole[ids[:n]] = False
+        del ids
+        self.src[hole] = -1
+        self.flags[hole] = 0
+        if self.digest is not None:
+            self.digest[hole] = 0
+        self.size = self.ordered = cells
         self.tail = {}
 
     # ---- rows -------------------------------------------------------------------------------
@@ -261,11 +333,15 @@ class _ArrayState:
         n = self.size
         return np.flatnonzero((self.src[:n, 0] >= 0) | ((self.flags[:n] & _LIVE) != 0))
 
-    def pending(self, with_inflight: bool = True) -> np.ndarray:
-        """Mask of rows whose destination does not hold the source's current version."""
-        n = self.size
-        flags = self.flags[:n]
-        need = ((flags & _SAME) == 0) & ((self.src[:n, 0] >= 0) | ((flags & _OTHER) != 0))
+    def spans(self) -> Iterator[slice]:
+        """The rows in spans of `_SPAN`, for passes over every row."""
+        for start in range(0, self.size, _SPAN):
+            yield slice(start, min(start + _SPAN, self.size))
+
+    def pending(self, rows: slice, with_inflight: bool = True) -> np.ndarray:
+        """Mask of `rows` whose destination does not hold the source's current version."""
+        flags = self.flags[rows]
+        need = ((flags & _SAME) == 0) & ((self.src[rows, 0] >= 0) | ((flags & _OTHER) != 0))
         if not with_inflight:
             need &= (flags & _INFLIGHT) == 0
         return need
@@ -614,55 +690,94 @@ class Ledger:
         other (key, destination version), in no particular order, for the caller to decide
         one by one.
         """
+        items = there if isinstance(there, list) else list(there)
         rest: list[tuple[str, Version]] = []
         trusted = 0
-        groups: dict[int, tuple[_ArrayState, list[int], list[int], list[str], list[Version]]]
+        # per array: (state, chunk indices, journaled versions, destination versions,
+        # positions in items)
+        groups: dict[int, tuple[_ArrayState, list[int], list[Version], list[Version], list[int]]]
         groups = {}
-        for key, version in there:
+        # locate(), inlined as in observe_many: a listing comes a directory at a time.
+        last_dir: str | None = None
+        hit: tuple[_ArrayState, str, int | None] | None = None
+        group: tuple[_ArrayState, list[int], list[Version], list[Version], list[int]] | None
+        group = None
+        coordinate: dict[str, int] = {}
+        memo_of: _ArrayState | None = None
+        for position, (key, version) in enumerate(items):
             record = journaled.get(key)
-            hit = self.locate(key) if record is not None else None
-            if hit is None:
+            if record is None:
                 rest.append((key, version))
                 continue
-            state, index = hit
-            group = groups.get(id(state))
-            if group is None:
-                group = groups[id(state)] = (state, [], [], [], [])
+            slash = key.rfind("/")
+            dirname = key[:slash] if slash >= 0 else ""
+            if dirname != last_dir:
+                last_dir = dirname
+                try:
+                    hit = self._dir_cache[dirname]
+                except KeyError:
+                    hit = self._dir_cache[dirname] = self._find_array(dirname)
+                if hit is not None:
+                    group = groups.get(id(hit[0]))
+                    if group is None:
+                        group = groups[id(hit[0])] = (hit[0], [], [], [], [])
+                    if memo_of is not hit[0]:
+                        memo_of, coordinate = hit[0], {}  # another array: another last axis
+            index = None
+            if hit is not None:
+                state, inner, base = hit
+                name = key[slash + 1 :]
+                if base is None:
+                    index = state.layout.index(inner + name)
+                else:
+                    last = coordinate.get(name)
+                    if last is None:
+                        last = state.layout.last_coordinate(name)
+                        if last is not None and len(coordinate) < _COORDINATE_MEMO:
+                            coordinate[name] = last
+                    index = None if last is None else base + last
+            if index is None:
+                rest.append((key, version))
+                continue
+            assert group is not None
             group[1].append(index)
-            # The journal's version of the source, then the destination's size and mtime.
-            group[2].extend(record[0])
-            group[2].append(version.size)
-            group[2].append(version.mtime_ns)
-            group[3].append(key)
-            group[4].append(version)
+            group[2].append(record[0])
+            group[3].append(version)
+            group[4].append(position)
             if len(group[1]) >= _TRUST_BATCH:
-                trusted += self._trust_batch(*group, journaled, rest)
-                del groups[id(state)]
+                trusted += self._trust_batch(*group, items, journaled, rest)
+                for part in group[1:]:
+                    part.clear()
         for group in groups.values():
-            trusted += self._trust_batch(*group, journaled, rest)
+            if group[1]:
+                trusted += self._trust_batch(*group, items, journaled, rest)
         return trusted, rest
 
     def _trust_batch(
         self,
         state: _ArrayState,
         indices: list[int],
-        facts: list[int],
-        keys: list[str],
+        records: list[Version],
         versions: list[Version],
+        positions: list[int],
+        items: list[tuple[str, Version]],
         journaled: Mapping[str, tuple[Version, str]],
         rest: list[tuple[str, Version]],
     ) -> int:
-        idx = np.fromiter(indices, dtype=np.int64, count=len(indices))
-        rec = np.fromiter(facts, dtype=np.int64, count=len(facts)).reshape(-1, _FIELDS + 2)
+        k = len(indices)
+        idx = np.fromiter(indices, dtype=np.int64, count=k)
+        flat = itertools.chain.from_iterable
+        rec = np.fromiter(flat(records), dtype=np.int64, count=_FIELDS * k).reshape(-1, _FIELDS)
+        dst = np.fromiter(flat(versions), dtype=np.int64, count=_FIELDS * k).reshape(-1, _FIELDS)
         r = state.find_many(idx)
         has = r >= 0
-        src = np.full((len(r), _FIELDS), -1, dtype=np.int64)  # no row: absent
+        src = np.full((k, _FIELDS), -1, dtype=np.int64)  # no row: absent
         src[has] = state.src[r[has]]
         ok = (
             (src[:, 0] >= 0)
-            & (src == rec[:, :_FIELDS]).all(axis=1)
-            & (src[:, 0] == rec[:, _FIELDS])
-            & (src[:, 1] == rec[:, _FIELDS + 1])
+            & (src == rec).all(axis=1)
+            & (src[:, 0] == dst[:, 0])  # the destination's size and mtime
+            & (src[:, 1] == dst[:, 1])
         )
         good = np.flatnonzero(ok)
         rows = r[good]
@@ -670,11 +785,11 @@ class Ledger:
         if state.other_dst:
             for i in idx[good].tolist():
                 state.other_dst.pop(i, None)
-        for k in good.tolist():
-            digest = journaled[keys[k]][1]
+        for g in good.tolist():
+            digest = journaled[items[positions[g]][0]][1]
             if digest:
-                state.set_digest(int(r[k]), digest)
-        rest.extend((keys[k], versions[k]) for k in np.flatnonzero(~ok).tolist())
+                state.set_digest(int(r[g]), digest)
+        rest.extend(items[positions[g]] for g in np.flatnonzero(~ok).tolist())
         self._stale = True
         return len(good)
 
@@ -826,10 +941,16 @@ class Ledger:
         chunks: list[str] = []
         for state in self.arrays.values():
             budget = most - len(chunks)
-            index = state.index_of(np.flatnonzero(state.pending(with_inflight=False)))
-            if state.ids is None:
-                index = index[:budget]  # dense rows are in chunk order already
-            else:
+            if state.ids is None:  # dense rows are in chunk order already: stop at the budget
+                found = [np.zeros(0, dtype=np.int64)]
+                for rows in state.spans():
+                    found.append(rows.start + np.flatnonzero(state.pending(rows, False)))
+                    budget -= len(found[-1])
+                    if budget <= 0:
+                        break
+                index = np.concatenate(found)[: most - len(chunks)]
+            else:  # one row per file that exists, and the tail's are not in order
+                index = state.ids[np.flatnonzero(state.pending(slice(0, state.size), False))]
                 if len(index) > budget:
                     index = np.partition(index, budget - 1)[:budget]
                 index = np.sort(index)
@@ -849,7 +970,7 @@ class Ledger:
     def pending_count(self) -> int:
         n = sum(1 for e in self.other.values() if e.src != e.dst)
         for state in self.arrays.values():
-            n += int(state.pending().sum())
+            n += sum(int(np.count_nonzero(state.pending(rows))) for rows in state.spans())
         return n
 
     def pending_totals(self, block: int = 1) -> tuple[int, int]:
@@ -864,10 +985,11 @@ class Ledger:
                 files += 1
                 nbytes += -(-max(e.src[0], 0) // block) * block
         for state in self.arrays.values():
-            need = state.pending()
-            files += int(need.sum())
-            sizes = np.clip(state.src[: state.size][need, 0], 0, None)
-            nbytes += int((-(-sizes // block) * block).sum())
+            for rows in state.spans():
+                need = state.pending(rows)
+                files += int(np.count_nonzero(need))
+                sizes = np.clip(state.src[rows, 0][need], 0, None)
+                nbytes += int((-(-sizes // block) * block).sum())
         return files, nbytes
 
     def source_totals(self) -> tuple[int, int, int]:
@@ -879,11 +1001,12 @@ class Ledger:
                 nbytes += e.src[0]
                 done += e.src == e.dst
         for state in self.arrays.values():
-            src = state.src[: state.size]
-            here = src[:, 0] >= 0
-            files += int(here.sum())
-            nbytes += int(src[here, 0].sum())
-            done += int((here & ((state.flags[: state.size] & _SAME) != 0)).sum())
+            for rows in state.spans():
+                sizes = state.src[rows, 0]
+                here = sizes >= 0
+                files += int(np.count_nonzero(here))
+                nbytes += int(sizes[here].sum())
+                done += int(np.count_nonzero(here & ((state.flags[rows] & _SAME) != 0)))
         return files, nbytes, done
 
     # ---- completeness --------------------------------------------------------------

@@ -29,6 +29,7 @@ from pathlib import Path
 from ..errors import MetadataError, SoftcopyError, from_os_error
 from ..names import shown
 from ..sources.kinds import SourceKind
+from ..sources.links import followed
 from ..sources.scan import DirListing, Version, iter_dirs, stat_key
 from ..sources.select import Selection
 from ..sources.watch import TreeWatcher
@@ -41,7 +42,12 @@ log = logging.getLogger(__name__)
 _ARRAY_METADATA = ("zarr.json", ".zarray")
 _NODE_METADATA = ("zarr.json", ".zarray", ".zgroup")  # str.endswith: cheap on a million keys
 _NODE_NAMES = frozenset(_NODE_METADATA)
-_BATCH = 8192  # files observed in one step: the ledger's per-call cost, not per file
+# Files observed in one step: the ledger's per-call cost, not per file. A batch's keys and
+# versions, and the ledger's temporaries for them, take about 400 B per file while they live,
+# and that high-water mark stays. 8,192 cost 15 B per file of a 200,000-file listing's peak
+# memory over 2,048; but each call may merge a sparse array's rows, and 2,048 made listing
+# into the ledger 0.15 s slower on 200,000 files. 4,096 costs about half of each.
+_BATCH = 4096
 
 
 @dataclass
@@ -76,6 +82,9 @@ class SourceView:
         self.on_change = on_change  # (keys, live): live is False for deletions
         self.scan_interval = scan_interval
         self.watcher: TreeWatcher | None = None
+        # A link inside the source stands for the file it points to (--follow-links-inside,
+        # a destination without links): its version is that file's (sources/links.py).
+        self.follow_links = False
         # Files at the source root that say the writer is done (`complete`, sentinels):
         # never copied with the data, only last, after verification.
         self.markers: dict[str, Version] = {}
@@ -177,6 +186,10 @@ class SourceView:
         except OSError as exc:
             log.debug("%s: %s: cannot stat (%s); the next scan looks again", self.src, key, exc)
             return 0
+        if self.follow_links and version is not None:
+            found = followed(self.src, key)  # None for anything but a link it may follow
+            if found is not None:
+                version = found[1]
         if version is not None and not self.granularity.settled:
             self.granularity.observe_versions((version,))
         if self.select.is_marker(key):

@@ -34,6 +34,7 @@ from ..engine.events import Event, Summary
 from ..engine.runner import Finished, Runner
 from ..engine.stop import StopSignal
 from ..errors import ConfigError, SoftcopyError, from_os_error
+from ..locations import is_object_store
 from ..options import (
     DIRECTORY,
     DURATION,
@@ -195,6 +196,13 @@ def watch_config(
     for name, value in (("source_root", source_root), ("destination_root", destination_root)):
         if not isinstance(value, str | os.PathLike) or not str(value):
             raise ConfigError(f"{where}.{name}", "read watch", "a path is required")
+        if is_object_store(value):
+            raise ConfigError(
+                value, "watch" if name == "source_root" else "copy to destination",
+                "watching a root into object storage is not supported yet: give a local or "
+                "mounted DEST_ROOT, or copy each run with `softcopy copy RUN s3://BUCKET/RUN`"
+                if name == "destination_root" else "an object store is never a source",
+            )  # fmt: skip
         paths.append(Path(os.path.abspath(os.path.expanduser(value))))
     chosen = {o.name: o.default for o in SERVICE_OPTIONS}
     chosen.update(parse_options(service, where, SERVICE_OPTIONS))

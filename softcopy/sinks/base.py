@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 from ..sources.scan import Version
 
 if TYPE_CHECKING:
+    from ..config import TargetConfig
     from ..sources.scan import DirListing, ScanResult
     from ..state.records import RecordFile
 
@@ -30,6 +31,7 @@ COPIED = "copied"  # destination now holds `version`
 SAME = "same"  # destination already held identical bytes; only mode and mtime were set
 DELETED = "deleted"  # source is gone and so is the destination file
 CHANGED = "changed"  # the source changed while we copied; nothing was published
+SKIPPED = "skipped"  # this kind cannot hold it (a link at an object store); nothing written
 FAILED = "failed"
 
 
@@ -45,6 +47,8 @@ class Outcome:
     # Wall clock (ns) taken just before the source was last seen unchanged: whether
     # `version` is proven depends on the filesystem's timestamp granularity (racy.py).
     checked_ns: int = 0
+    # Of `nbytes`, what an interrupted earlier put had already uploaded (parts reused).
+    resumed: int = 0
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,9 @@ class Capabilities:
     free_space: bool  # free bytes and inodes are known before copying
     listing: bool  # what the destination holds can be listed
     identity_lock: bool  # a second name of the same destination meets the same lock
+    # A directory tree this machine opens by path: verification walks and reads both trees
+    # directly (verify/compare.py) instead of through the sink.
+    local_paths: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,10 @@ class SinkSpec:
     def from_dict(cls, data: dict) -> SinkSpec:
         options = tuple((str(k), str(v)) for k, v in data.get("options", ()))
         return cls(str(data["kind"]), str(data["location"]), options)
+
+
+# Free bytes of a destination that has no figure for it (a bucket: quotas show as a failed put).
+UNLIMITED = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,8 @@ class Sink(Protocol):
     spec: SinkSpec
     capabilities: Capabilities
     records: RecordsFolder | None  # set by lock(), until close()
+    lock_lost: str  # why the lock was lost while running ("" while it holds): stop then
+    puts_in_flight: int  # puts a copier may have under way at once (threads)
 
     def lock(self) -> None:
         """Refuse a destination that is not one (a link, a file) and take the run's lock.
@@ -122,15 +135,26 @@ class Sink(Protocol):
     def probe(self) -> None:
         """Fail once, up front (SoftcopyError), when the destination cannot take files."""
 
+    def peek(self) -> tuple[bool, RecordsFolder | None]:
+        """For a dry run, taking nothing: whether the destination holds anything, and its
+        records to read (None when there are none)."""
+
+    def foreign(self, src: str) -> str | None:
+        """Why the destination cannot be a copy of `src` (it holds other things, none of them
+        in the source, and no records say whose copy it is), or None."""
+
     def space(self) -> Space:
         """Free space now; for a destination not made yet, where it would be made."""
 
-    def listing(self) -> ScanResult:
-        """Every file (key -> Version), link and leftover temporary at the destination."""
+    def listing(self, exact: bool = True) -> ScanResult:
+        """Every file (key -> Version), link and leftover temporary at the destination
+        (`exact` as for listings)."""
 
-    def listings(self) -> Iterator[DirListing]:
+    def listings(self, exact: bool = True) -> Iterator[DirListing]:
         """The same, a part at a time (a directory's), so nothing holds it whole; a part
-        that cannot be listed is an empty listing whose `errors` name it."""
+        that cannot be listed is an empty listing whose `errors` name it. `exact` False:
+        sizes are all the caller needs, so a store may give its own upload time as a file's
+        mtime instead of asking for each object's recorded one."""
 
     def link_target(self, key: str) -> str | None:
         """What the link at `key` points to; None when it is not a link."""
@@ -171,6 +195,10 @@ class Sink(Protocol):
         `complete` marker, last) never appears over an incomplete set.
         """
 
+    def tidy(self) -> None:
+        """After a verified copy: remove what only an interrupted put leaves behind where a
+        listing does not show it (unfinished multipart uploads), quietly."""
+
     def release(self) -> None:
         """Drop cached handles (between batches); the sink reopens what it needs."""
 
@@ -184,6 +212,30 @@ _KINDS = {
     "local": "softcopy.sinks.local:LocalDirectory",
     "s3": "softcopy.sinks.s3:ObjectStore",
 }
+
+
+def spec_of(cfg: TargetConfig) -> SinkSpec:
+    """The spec of a target's destination, with its object-store options."""
+    location = str(cfg.destination)
+    if not location.startswith("s3://"):
+        return spec_for(location)
+    plain = cfg.s3_checksum == "sha256"
+    options = {
+        "multipart_threshold": str(cfg.multipart_threshold),
+        "concurrency": str(cfg.s3_concurrency),
+        "checksum": cfg.s3_checksum,
+        "addressing_style": cfg.s3_addressing,
+        "follow_links_inside": str(cfg.follow_links_inside).lower(),
+        "read_timeout": repr(float(cfg.s3_timeout)),
+        "connect_timeout": repr(min(10.0, float(cfg.s3_timeout))),
+        # Stores that refuse checksum headers refuse boto3's own (CRC32, since 1.36) too:
+        # with md5 or none, boto3 sends them only where an operation requires one.
+        "request_checksum_calculation": "when_supported" if plain else "when_required",
+        "response_checksum_validation": "when_supported" if plain else "when_required",
+    }
+    if cfg.s3_endpoint:
+        options["endpoint_url"] = cfg.s3_endpoint
+    return spec_for(location, options)
 
 
 def spec_for(location: str, options: Mapping[str, str] | None = None) -> SinkSpec:

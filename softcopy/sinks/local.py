@@ -452,7 +452,10 @@ class LocalDirectory:
         free_space=True,
         listing=True,
         identity_lock=True,
+        local_paths=True,
     )
+    lock_lost = ""  # an flock is held until the process ends
+    puts_in_flight = 1  # a local disk is not helped by more: copiers are the parallelism
 
     def __init__(self, root: str) -> None:
         self.root = root
@@ -523,6 +526,20 @@ class LocalDirectory:
         except OSError as exc:
             raise from_os_error(exc, "write to destination", self.root) from exc
 
+    def peek(self) -> tuple[bool, Records | None]:
+        dst = Path(self.root)
+        holds = dst.is_dir() and any(dst.iterdir())
+        return holds, Records.open(records_dir(dst), create=False)
+
+    def foreign(self, src: str) -> str | None:
+        # Only the engine asks: copiers never load the configuration (and click with it).
+        from ..config import unrelated_destination
+
+        return unrelated_destination(Path(src), Path(self.root))
+
+    def tidy(self) -> None:
+        """Nothing: a put's only leftover, its temporary, is in the listing (and removed)."""
+
     def space(self) -> Space:
         # A destination not made yet (a dry run) will be made in its nearest existing parent.
         probe = Path(self.root)
@@ -532,10 +549,10 @@ class LocalDirectory:
         inodes = st.f_favail if st.f_files else None
         return Space(st.f_bavail * st.f_frsize, inodes, st.f_frsize or 1, _mount_point(str(probe)))
 
-    def listing(self) -> ScanResult:
+    def listing(self, exact: bool = True) -> ScanResult:
         return scan_tree(self.root)
 
-    def listings(self) -> Iterator[DirListing]:
+    def listings(self, exact: bool = True) -> Iterator[DirListing]:
         for rel, listing in iter_dirs(self.root):
             # One that cannot be listed: an empty listing whose error names it.
             yield (

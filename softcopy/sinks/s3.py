@@ -56,6 +56,7 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import socket
@@ -65,10 +66,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Protocol
 
 from ..errors import ConfigError, SoftcopyError
+from ..locations import OBJECT_SCHEME, RECORDS_SUFFIX, parse_object_url
+from ..sources.links import followed, followed_version
 from ..sources.scan import (
     TEMP_PREFIX,
     DirListing,
@@ -85,6 +88,8 @@ from .base import (
     DELETED,
     FAILED,
     SAME,
+    SKIPPED,
+    UNLIMITED,
     Capabilities,
     Outcome,
     SinkSpec,
@@ -100,18 +105,20 @@ try:
 except ImportError:  # pragma: no cover - the optional extra is missing
     boto3 = None
 
-SCHEME = "s3://"
+log = logging.getLogger(__name__)
+
 MIN_PART = 5 << 20  # S3's smallest part (but the last)
 MAX_PARTS = 10_000
 MAX_KEY_BYTES = 1024
 LEASE = 120.0  # seconds a lock stays valid without renewal
+_FIRST_WAIT = 15.0  # seconds the first request waits for an answer
 _MTIME = "softcopy-mtime-ns"
 _SIZE = "softcopy-size"
-_RECORDS_SUFFIX = ".softcopy"
 _BUSY = "another softcopy is already copying there"
-NO_LINKS = (
-    "a symbolic link: object storage has none; it is skipped (--follow-links-inside "
-    "copies the file a link points to when that stays inside the source)"
+NO_LINKS = "a symbolic link: object storage has none, so it is skipped"
+NOT_FOLLOWED = (
+    "a symbolic link that does not lead to a file inside the source: skipped (object "
+    "storage has no links, and nothing outside the source is read)"
 )
 
 # ---- key mapping -------------------------------------------------------------------------
@@ -142,22 +149,6 @@ def unescape(name: str) -> str:
         last = match.end()
     out += name[last:].encode("utf-8", "surrogateescape")
     return os.fsdecode(bytes(out))
-
-
-def parse_location(location: str) -> tuple[str, str]:
-    """(bucket, prefix without slashes at either end) of `s3://BUCKET/PREFIX`."""
-    if not location.startswith(SCHEME):
-        raise ConfigError(
-            location, "use destination", "an object store is named s3://BUCKET/PREFIX"
-        )
-    bucket, _, prefix = location[len(SCHEME) :].partition("/")
-    prefix = prefix.strip("/")
-    if not bucket or not prefix:
-        raise ConfigError(
-            location, "use destination", "give both a bucket and a prefix, s3://BUCKET/NAME: "
-            "softcopy keeps its records beside the copy, under NAME.softcopy/",
-        )  # fmt: skip
-    return bucket, prefix
 
 
 # ---- settings ----------------------------------------------------------------------------
@@ -222,9 +213,9 @@ def _parse_option(name: str, text: str) -> Any:
             raise ValueError(f"{text!r} is not a positive number of seconds")
         return value
     if name == "follow_links_inside":
-        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        if text.lower() not in ("true", "false"):
             raise ValueError(f"{text!r} is not true or false")
-        return text.lower() in ("true", "1", "yes")
+        return text.lower() == "true"
     return text
 
 
@@ -281,6 +272,12 @@ def explain(exc: BaseException, endpoint: str, bucket: str) -> tuple[str, int]:
     )
     if isinstance(exc, unreachable):
         return f"cannot reach the endpoint {endpoint} ({exc})", errno.EIO
+    if isinstance(exc, botocore.exceptions.ReadTimeoutError):
+        return (
+            f"the endpoint {endpoint} took the connection but did not answer in time "
+            "(an overloaded store, or a firewall or proxy in the way)",
+            errno.EIO,
+        )
     if isinstance(exc, botocore.exceptions.BotoCoreError):
         return f"{exc} (endpoint {endpoint})", errno.EIO
     code = error_code(exc)
@@ -362,7 +359,7 @@ class ObjectRecords:
         self.endpoint = endpoint
 
     def url(self, name: str) -> str:
-        return f"{SCHEME}{self.bucket}/{self.prefix}{name}"
+        return f"{OBJECT_SCHEME}{self.bucket}/{self.prefix}{name}"
 
     def __truediv__(self, name: str) -> ObjectRecordFile:
         return ObjectRecordFile(self, name)
@@ -488,21 +485,29 @@ class _Digests:
 
 def _read_range(
     fd: int, offset: int, size: int, throttle: Throttle | None, hashers: list[Any]
-) -> bytes:
-    """`size` bytes from `offset`, a slice per throttle grant; fewer at an early end of file."""
-    out = bytearray()
+) -> bytearray:
+    """`size` bytes from `offset`, a slice per throttle grant; fewer at an early end of file.
+
+    Read into one buffer of the final size, and handed to the upload as it is: a 16 MiB
+    object is not copied twice more on its way (appends, then bytes())."""
+    out = bytearray(size)
+    view = memoryview(out)
     step = slice_bytes(throttle) if throttle else 1 << 20
-    while len(out) < size:
-        want = min(step, size - len(out))
+    done = 0
+    while done < size:
+        want = min(step, size - done)
         if throttle:
             throttle(want)
-        data = os.pread(fd, want, offset + len(out))
-        if not data:
+        got = os.preadv(fd, [view[done : done + want]], offset + done)
+        if not got:
             break
         for h in hashers:
-            h.update(data)
-        out += data
-    return bytes(out)
+            h.update(view[done : done + got])
+        done += got
+    view.release()
+    if done < size:
+        del out[done:]
+    return out
 
 
 def _b64(raw: bytes) -> str:
@@ -563,16 +568,18 @@ class ObjectStore:
                 "pip install 'softcopy[s3]'",
             )  # fmt: skip
         self.spec = spec
-        self.bucket, self.prefix = parse_location(spec.location)
+        self.bucket, self.prefix = parse_object_url(spec.location)
         self.settings = parse_settings(spec.location, spec.options)
         self.records: ObjectRecords | None = None
         self._client: Any = None
+        self._client_lock = threading.Lock()
         self._notes: UploadNotes | None = None
         self._lock_etag = ""
         self._lock_token = ""
         self._renewer: threading.Thread | None = None
         self._stop_renewing = threading.Event()
         self.lock_lost = ""  # why the lock was lost, when it was: the engine should stop
+        self.puts_in_flight = self.settings.concurrency  # --s3-concurrency, per copier
 
     @classmethod
     def from_spec(cls, spec: SinkSpec) -> ObjectStore:
@@ -583,7 +590,11 @@ class ObjectStore:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = make_client(self.settings)
+            # A copier's puts in flight all ask at once at first: one client (its pool is
+            # sized for them), not one each that all but one throw away (~0.2 CPU-s each).
+            with self._client_lock:
+                if self._client is None:
+                    self._client = make_client(self.settings)
         return self._client
 
     @property
@@ -594,11 +605,15 @@ class ObjectStore:
         return f"{self.prefix}/{escape(key)}"
 
     def url(self, key: str = "") -> str:
-        return f"{SCHEME}{self.bucket}/{self.prefix}/{escape(key)}" if key else self.spec.location
+        return (
+            f"{OBJECT_SCHEME}{self.bucket}/{self.prefix}/{escape(key)}"
+            if key
+            else self.spec.location
+        )
 
     def _records(self) -> ObjectRecords:
         return ObjectRecords(
-            self.client, self.bucket, self.prefix + _RECORDS_SUFFIX + "/", self.endpoint
+            self.client, self.bucket, self.prefix + RECORDS_SUFFIX + "/", self.endpoint
         )
 
     @property
@@ -619,6 +634,7 @@ class ObjectStore:
 
     def lock(self) -> None:
         """Take `PREFIX.softcopy/lock` by conditional put; ConfigError when another holds it."""
+        self._reachable()
         records = self._records()
         self._lock_token = uuid.uuid4().hex
         try:
@@ -632,6 +648,20 @@ class ObjectStore:
         self.records = records
         self._renewer = threading.Thread(target=self._renew, name="s3-lock", daemon=True)
         self._renewer.start()
+
+    def _reachable(self) -> None:
+        """The first request, on a client of few attempts and short waits: an endpoint that
+        does not answer fails in under a minute, naming it (the sink's own client waits out
+        a slow store: 5 attempts of up to 60 s)."""
+        quick = replace(self.settings, read_timeout=min(self.settings.read_timeout, _FIRST_WAIT))
+        client = make_client(quick, attempts=2)
+        try:
+            client.head_bucket(Bucket=self.bucket)
+        except botocore.exceptions.ClientError:
+            pass  # it answered: what it refuses, the requests that follow say in words
+        except botocore.exceptions.BotoCoreError as exc:
+            problem, _ = explain(exc, client.meta.endpoint_url, self.bucket)
+            raise ConfigError(self.spec.location, "reach bucket", problem) from exc
 
     def _lock_body(self) -> bytes:
         holder = {"host": socket.gethostname(), "boot": _boot_id(), "pid": os.getpid()}
@@ -721,16 +751,59 @@ class ObjectStore:
                 problem, _ = explain(exc, endpoint, self.bucket)
                 raise ConfigError(self.spec.location, action, problem) from exc
 
+    def peek(self) -> tuple[bool, ObjectRecords | None]:
+        return self.create(), self._records()
+
+    def foreign(self, src: str) -> str | None:
+        """Objects under the prefix, none of whose top-level names is in the source."""
+        start = self.prefix + "/"
+        try:
+            answer = self.client.list_objects_v2(
+                Bucket=self.bucket, Prefix=start, Delimiter="/", MaxKeys=1000
+            )
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise self._refusal(exc, "list destination") from exc
+        names = {o["Key"][len(start) :] for o in answer.get("Contents", ())}
+        names |= {p["Prefix"][len(start) :].rstrip("/") for p in answer.get("CommonPrefixes", ())}
+        there = {unescape(n) for n in names if n}
+        try:
+            here = set(os.listdir(src))
+        except OSError:
+            return None  # the source's own checks say what is wrong with it
+        if not there or there & here:
+            return None
+        listed = ", ".join(sorted(there)[:3]) + (
+            f" and {len(there) - 3} more" if len(there) > 3 else ""
+        )
+        return (
+            f"it holds objects of something else ({listed}), none of them in the source {src}, "
+            f"and softcopy did not make them (no {self._records().url('target.json')}): give "
+            "a prefix of its own to this copy"
+        )
+
+    def tidy(self) -> None:
+        try:
+            self.abort_stale_uploads()
+        except (
+            botocore.exceptions.ClientError,
+            botocore.exceptions.BotoCoreError,
+            SoftcopyError,
+        ) as exc:
+            # An unfinished upload costs storage, not correctness: said, and left.
+            log.warning("%s: could not abort unfinished uploads: %s", self.spec.location, exc)
+
     def space(self) -> Space:
         """Unknown: a bucket has no free-space figure (quotas show up as a failed put)."""
-        return Space(1 << 62, None, 1, self.bucket)
+        return Space(UNLIMITED, None, 1, self.bucket)
 
     # -- reading the destination
 
-    def listing(self) -> ScanResult:
+    def listing(self, exact: bool = True) -> ScanResult:
+        """Every object under the prefix; `exact` False: versions from the listing alone
+        (size, and the upload time as mtime), without a HEAD per object."""
         result = ScanResult()
         start = self.prefix + "/"
-        names: list[str] = []
+        listed: list[tuple[str, Version]] = []
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=start
@@ -738,21 +811,26 @@ class ObjectStore:
             for page in pages:
                 for entry in page.get("Contents", ()):
                     if not entry["Key"].endswith("/"):  # another tool's "directory" marker
-                        names.append(entry["Key"])
+                        uploaded = _ns(entry["LastModified"])
+                        version = Version(entry["Size"], uploaded, 0, uploaded)
+                        listed.append((unescape(entry["Key"][len(start) :]), version))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._refusal(exc, "list destination") from exc
-        keys = [unescape(name[len(start) :]) for name in names]
-        files = [k for k in keys if not is_temporary(k.rpartition("/")[2])]
-        result.temporary = [k for k in keys if is_temporary(k.rpartition("/")[2])]
+        files = [(k, v) for k, v in listed if not is_temporary(k.rpartition("/")[2])]
+        result.temporary = [k for k, _ in listed if is_temporary(k.rpartition("/")[2])]
+        if not exact:
+            result.files = dict(files)
+            return result
+        keys = [k for k, _ in files]
         with ThreadPoolExecutor(self.settings.concurrency) as pool:
-            for key, version in zip(files, pool.map(self.version, files), strict=True):
+            for key, version in zip(keys, pool.map(self.version, keys), strict=True):
                 if version is not None:  # deleted since it was listed
                     result.files[key] = version
         return result
 
-    def listings(self) -> Iterator[DirListing]:
-        # One listing of the prefix is paged anyway; its versions come from HEADs.
-        whole = self.listing()
+    def listings(self, exact: bool = True) -> Iterator[DirListing]:
+        # One listing of the prefix is paged anyway; with `exact`, versions come from HEADs.
+        whole = self.listing(exact)
         yield DirListing(whole.files, sorted(whole.links), [], whole.temporary)
 
     def link_target(self, key: str) -> str | None:
@@ -809,13 +887,15 @@ class ObjectStore:
         except OSError as exc:
             return Outcome(key, FAILED, error=_describe(exc), errno=exc.errno or 0)
         try:
-            opened = self._open_source(src_root, path, st)
+            opened = self._open_source(src_root, key, path, st)
         except (FileNotFoundError, NotADirectoryError):
             return Outcome(key, CHANGED)  # replaced or deleted since the lstat: look again
         except OSError as exc:
             return Outcome(key, FAILED, error=_describe(exc), errno=exc.errno or 0)
         if isinstance(opened, Outcome):
-            return Outcome(key, opened.status, error=opened.error, errno=opened.errno)
+            return Outcome(
+                key, opened.status, opened.version, error=opened.error, errno=opened.errno
+            )
         fd, source = opened
         try:
             if compare_first:
@@ -833,35 +913,33 @@ class ObjectStore:
             os.close(fd)
 
     def _open_source(
-        self, src_root: str, path: str, st: os.stat_result
+        self, src_root: str, key: str, path: str, st: os.stat_result
     ) -> tuple[int, _Source] | Outcome:
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
         if stat.S_ISLNK(st.st_mode):
             if not self.settings.follow_links_inside:
-                return Outcome("", FAILED, error=NO_LINKS, errno=errno.ELOOP)
-            real = os.path.realpath(path)
-            root = os.path.realpath(src_root)
-            if os.path.commonpath([root, real]) != root or real == root:
-                problem = f"a symbolic link to {real}, outside the source: never followed"
-                return Outcome("", FAILED, error=problem, errno=errno.ELOOP)
-            fd = os.open(real, flags)  # realpath resolved every link: one now is a swap (ELOOP)
-            link_version = version_of(st)
-            version = version_of(os.fstat(fd))
+                return Outcome("", SKIPPED, version_of(st), error=NO_LINKS, errno=errno.ELOOP)
+            found = followed(src_root, key)
+            if found is None:
+                return Outcome("", SKIPPED, version_of(st), error=NOT_FOLLOWED, errno=errno.ELOOP)
+            real = found[0]
+            fd = os.open(real, flags)  # every link on the way resolved: one swapped in is ELOOP
+            version = followed_version(st, os.fstat(fd))
 
-            def current() -> object:
-                return (_current_version(path), _current_version(real))
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                return Outcome("", CHANGED)
+            # Unchanged: the link leads to the same file, at the version opened.
+            return fd, _Source(path, version, lambda: followed(src_root, key), (real, version))
+        if not stat.S_ISREG(st.st_mode):
+            return Outcome("", FAILED, error="not a regular file", errno=errno.EINVAL)
+        fd = os.open(path, flags)  # O_NOFOLLOW: a link swapped in since the lstat is ELOOP
+        version = version_of(os.fstat(fd))
 
-            expected: object = (link_version, version)
-        else:
-            if not stat.S_ISREG(st.st_mode):
-                return Outcome("", FAILED, error="not a regular file", errno=errno.EINVAL)
-            fd = os.open(path, flags)
-            version = version_of(os.fstat(fd))
+        def current() -> object:
+            return _current_version(path)
 
-            def current() -> object:
-                return _current_version(path)
-
-            expected = version
+        expected = version
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             return Outcome("", FAILED, error="not a regular file", errno=errno.EINVAL)
@@ -911,7 +989,7 @@ class ObjectStore:
             self.notes.remember(UploadNote(okey, upload_id, tuple(source.version), part_size))
         digests = _Digests(self.settings.checksum, size, digest)
         parts = []
-        done = 0
+        done = reused_bytes = 0
         for number in range(1, -(-size // part_size) + 1):
             part = digests.part()
             hashers = [h for h in (part, digests.blake) if h is not None]
@@ -924,6 +1002,7 @@ class ObjectStore:
             reused = _reusable(have.get(number), data, sha)
             if reused is not None:
                 parts.append(reused)
+                reused_bytes += want
                 continue
             answer = self.client.upload_part(
                 Bucket=self.bucket,
@@ -948,7 +1027,15 @@ class ObjectStore:
         )
         self._forget(okey)
         hexdigest = digests.blake.hexdigest() if digests.blake else ""
-        return Outcome(key, COPIED, source.version, size, digest=hexdigest, checked_ns=checked)
+        return Outcome(
+            key,
+            COPIED,
+            source.version,
+            size,
+            digest=hexdigest,
+            checked_ns=checked,
+            resumed=reused_bytes,
+        )
 
     def _resumable(
         self, okey: str, version: Version, part_size: int

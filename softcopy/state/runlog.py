@@ -14,6 +14,9 @@ O_NOFOLLOW (and must be a regular file), appended with O_APPEND, and renamed wit
 folder: a link planted under either name is refused or replaced, never written through.
 Writing the log never stops a copy: the first failure is logged once and the log is off
 for the rest of the run.
+
+An object store cannot append: there the log is one object rewritten whole, every
+`OBJECT_FLUSH_EVERY` seconds rather than every second, and rotated like a file.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import stat
 import time
 from typing import Any
 
+from ..errors import SoftcopyError
 from ..names import json_record
 from .records import LINK_PROBLEM, Records
 
@@ -35,6 +39,7 @@ LOG = "log.jsonl"
 OLDER = "log.1.jsonl"
 ROTATE_AT = 8 * 1024 * 1024
 FLUSH_EVERY = 1.0
+OBJECT_FLUSH_EVERY = 15.0  # each flush uploads the whole log (up to ROTATE_AT)
 _BUFFER = 256 * 1024
 _FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -45,6 +50,10 @@ class RunLog:
     def __init__(self, records: Records, rotate_at: int = ROTATE_AT) -> None:
         self.records = records
         self.rotate_at = rotate_at
+        # Records without a descriptor are objects: the log's body, rewritten whole.
+        self._whole: bytearray | None = None if hasattr(records, "fd") else bytearray()
+        self._read_whole = False
+        self._every = FLUSH_EVERY if self._whole is None else OBJECT_FLUSH_EVERY
         self._lines: list[bytes] = []
         self._buffered = 0
         self._flushed_at = time.monotonic()
@@ -58,7 +67,7 @@ class RunLog:
         data = _line(record)
         self._lines.append(data)
         self._buffered += len(data)
-        if self._buffered >= _BUFFER or time.monotonic() - self._flushed_at >= FLUSH_EVERY:
+        if self._buffered >= _BUFFER or time.monotonic() - self._flushed_at >= self._every:
             self.flush()
 
     def flush(self) -> None:
@@ -70,6 +79,9 @@ class RunLog:
         self._buffered = 0
         try:
             self._append(data)
+        except SoftcopyError as exc:  # an object store's refusal, already in words
+            self.broken = True
+            log.warning("cannot write the run log: %s; the copy goes on without it", exc)
         except OSError as exc:
             self.broken = True
             problem = LINK_PROBLEM if exc.errno == errno.ELOOP else exc.strerror or str(exc)
@@ -79,7 +91,15 @@ class RunLog:
                 problem,
             )
 
+    def idle(self) -> None:
+        """The copiers are idle: nothing to batch lines with. A file is appended to now; an
+        object store's log waits for its interval (each flush uploads it whole)."""
+        if self._whole is None or time.monotonic() - self._flushed_at >= self._every:
+            self.flush()
+
     def _append(self, data: bytes) -> None:
+        if self._whole is not None:
+            return self._rewrite(data)
         if self._size is not None and self._size >= self.rotate_at:
             # renameat within the folder: replaces a link at the older name, never follows it.
             os.rename(LOG, OLDER, src_dir_fd=self.records.fd, dst_dir_fd=self.records.fd)
@@ -96,6 +116,21 @@ class RunLog:
             self._size = st.st_size + len(data)
         finally:
             os.close(fd)
+
+    def _rewrite(self, data: bytes) -> None:
+        whole = self._whole
+        assert whole is not None
+        if not self._read_whole:  # what earlier runs logged goes on being the log's start
+            self._read_whole = True
+            try:
+                whole += self.records.read(LOG)
+            except FileNotFoundError:
+                pass
+        if len(whole) >= self.rotate_at:
+            self.records.write(OLDER, bytes(whole))
+            whole.clear()
+        whole += data
+        self.records.write(LOG, bytes(whole))
 
 
 def _line(record: dict[str, Any]) -> bytes:
@@ -118,19 +153,26 @@ def read_tail(records: Records, lines: int = 20) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for name in (LOG, OLDER):
         try:
-            fd = records.open_fd(name)
+            tail = _tail(records, name, 512 * 1024)  # the tail only: a log is up to ROTATE_AT
         except FileNotFoundError:
             continue
-        with os.fdopen(fd, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            f.seek(max(0, size - 512 * 1024))  # the tail only: a log is up to ROTATE_AT
-            found = []
-            for raw in f.read().splitlines():
-                try:
-                    found.append(json.loads(raw))
-                except ValueError:
-                    continue
+        found = []
+        for raw in tail.splitlines():
+            try:
+                found.append(json.loads(raw))
+            except ValueError:
+                continue
         out = found + out
         if len(out) >= lines:
             break
     return out[-lines:]
+
+
+def _tail(records: Records, name: str, most: int) -> bytes:
+    """The last `most` bytes of a record (an object store's is read whole)."""
+    if not hasattr(records, "open_fd"):
+        return records.read(name)[-most:]
+    with os.fdopen(records.open_fd(name), "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        f.seek(max(0, size - most))
+        return f.read()

@@ -78,6 +78,8 @@ class Verification:
     files: int = 0
     bytes: int = 0
     links: int = 0
+    # Source links left out on purpose: a destination that keeps none (an object store).
+    links_skipped: int = 0
 
     @property
     def ok(self) -> bool:
@@ -126,15 +128,22 @@ def compare_trees(
 
 
 def _walk_both(
-    source: str, destination: str
+    source: str,
+    destination: str,
+    there_of: Callable[[str], DirListing | OSError | None] | None = None,
 ) -> Iterator[tuple[str, DirListing | OSError | None, DirListing | OSError | None]]:
     """(rel, source listing, destination listing) for every directory of either tree, parents
-    first; None for a side that has no such directory, an OSError for one not listable."""
+    first; None for a side that has no such directory, an OSError for one not listable.
+    `there_of`: the destination's listing of a directory, for one that is not a tree here
+    (a sink's listing regrouped); by default it is listed below `destination`."""
     stack: list[tuple[str, bool, bool]] = [("", True, True)]
     while stack:
         rel, on_source, on_destination = stack.pop()
         here = _listing(source, rel) if on_source else None
-        there = _listing(destination, rel) if on_destination else None
+        if not on_destination:
+            there = None
+        else:
+            there = _listing(destination, rel) if there_of is None else there_of(rel)
         yield rel, here, there
         if isinstance(here, OSError) or isinstance(there, OSError):
             continue  # what one side cannot show is not walked on the other either
@@ -169,7 +178,14 @@ def _compare_dir(
     result: Verification,
     same_size: list[tuple[str, Version, Version]],
     metadata: list[str],
+    read_link: Callable[[str], str | None] | None = None,
+    listed_mtime: bool = True,
 ) -> None:
+    """`read_link`: the target of a destination link by key (a sink's link_target), for a
+    destination that is not a directory here; by default it is read below `destination`.
+    `listed_mtime` False: the destination's listing has no file mtimes of its own (a store
+    listed without asking per object), so the size list takes the source's, the one its
+    upload recorded."""
     findings = result.findings
     for side, listing in (("source", here), ("destination", there)):
         if isinstance(listing, OSError):
@@ -198,7 +214,8 @@ def _compare_dir(
                 continue
             result.files += 1
             result.bytes += b.size
-            lines.write(encode(key, b.size, b.mtime_ns).encode("utf-8", "surrogateescape"))
+            mtime_ns = b.mtime_ns if listed_mtime else a.mtime_ns
+            lines.write(encode(key, b.size, mtime_ns).encode("utf-8", "surrogateescape"))
             if hashes:
                 same_size.append((key, a, b))
             continue
@@ -216,7 +233,10 @@ def _compare_dir(
         else:
             result.links += 1
             a_to = os.readlink(os.path.join(source, key))
-            b_to = os.readlink(os.path.join(destination, key))
+            if read_link is None:
+                b_to: str | None = os.readlink(os.path.join(destination, key))
+            else:
+                b_to = read_link(key)
             if a_to != b_to:
                 findings.append(Finding("link", key, source=a_to, destination=b_to))
 
@@ -322,22 +342,44 @@ def check_manifest(
     include/exclude the copy (and the check) chose; other keys are left out on both sides.
     """
     dst = scan_tree(destination)
+
+    def read_back(keys: list[str]) -> Iterator[tuple[str, str | None, str]]:
+        reads = hash_files(destination, keys, workers, evict=True, executor=executor)
+        for key, digest, exc in reads:
+            yield key, digest, str(exc) if exc is not None else ""
+
+    return against_manifest(dst.files, dst.links, digests, read_back, keep)
+
+
+def against_manifest(
+    files: Mapping[str, Version],
+    links: Iterable[str],
+    digests: Mapping[str, str],
+    read_back: Callable[[list[str]], Iterable[tuple[str, str | None, str]]],
+    keep: Callable[[str], bool] | None = None,
+    findings: Iterable[Finding] = (),
+) -> Verification:
+    """What a destination holds (`files`, `links`) against a manifest; `read_back(keys)`
+    gives (key, BLAKE3 or None, why not) of each file as the destination holds it.
+    `findings` already made (parts that could not be listed) are kept."""
     result = Verification()
-    findings = result.findings
+    result.findings += findings
+    found = result.findings
+    links = set(links)
     # Links are not in a manifest (b3sum would hash what they point to), so not extras.
-    present = _kept(set(dst.files) - dst.links, keep)
+    present = _kept(set(files) - links, keep)
     listed = _kept(set(digests), keep)
-    findings += [Finding("missing", k, against=MANIFEST) for k in sorted(listed - present)]
-    findings += [Finding("manifest", k) for k in sorted(present - listed)]
+    found += [Finding("missing", k, against=MANIFEST) for k in sorted(listed - present)]
+    found += [Finding("manifest", k) for k in sorted(present - listed)]
     keys = sorted(present & listed)
     result.files = len(keys)
-    result.bytes = sum(dst.files[k].size for k in keys)
-    result.links = len(dst.links)
-    for key, digest, exc in hash_files(destination, keys, workers, evict=True, executor=executor):
+    result.bytes = sum(files[k].size for k in keys)
+    result.links = len(links)
+    for key, digest, problem in read_back(keys):
         if digest is None:
-            findings.append(Finding("unreadable", key, str(exc)))
+            found.append(Finding("unreadable", key, problem))
         elif digest != digests[key]:
-            findings.append(
+            found.append(
                 Finding(
                     "content",
                     key,
@@ -348,7 +390,7 @@ def check_manifest(
             )
         else:
             result.digests[key] = digest
-    findings.sort(key=lambda f: (f.kind, f.key))
+    found.sort(key=lambda f: (f.kind, f.key))
     return result
 
 
@@ -361,27 +403,43 @@ def check_sizes(
     copy made without --hash, checked later without the source. Copies keep their
     mtime, so a file rewritten since (same size or not) shows as a difference."""
     dst = scan_tree(destination)
+    unreadable = [
+        Finding("unreadable", key, f"destination: {os.strerror(exc.errno or 0)}")
+        for key, exc in dst.errors
+    ]
+    result = against_size_list(dst.files, dst.links, dst.temporary, listed, keep, unreadable)
+    result.findings += check_metadata(destination, dst.files)
+    return result
+
+
+def against_size_list(
+    files: Mapping[str, Version],
+    links: Iterable[str],
+    temporary: Iterable[str],
+    listed: Mapping[str, tuple[int, int]],
+    keep: Callable[[str], bool] | None = None,
+    findings: Iterable[Finding] = (),
+) -> Verification:
+    """What a destination holds against a size list (key -> size, mtime_ns)."""
     result = Verification()
-    findings = result.findings
-    for key in sorted(dst.temporary):
-        findings.append(Finding("leftover", key))
-    for key, exc in dst.errors:
-        findings.append(Finding("unreadable", key, f"destination: {os.strerror(exc.errno or 0)}"))
+    found = result.findings
+    found += [Finding("leftover", key) for key in sorted(temporary)]
+    found += findings
+    links = set(links)
     # Links are not in the list (their target is what a link holds, not a size).
-    present = _kept(set(dst.files) - dst.links, keep)
+    present = _kept(set(files) - links, keep)
     wanted = _kept(set(listed), keep)
-    findings += [Finding("missing", k, against=SIZE_LIST) for k in sorted(wanted - present)]
-    findings += [Finding("size list", k) for k in sorted(present - wanted)]
-    same = 0
+    found += [Finding("missing", k, against=SIZE_LIST) for k in sorted(wanted - present)]
+    found += [Finding("size list", k) for k in sorted(present - wanted)]
     for key in sorted(present & wanted):
         size, mtime_ns = listed[key]
-        held = dst.files[key]
+        held = files[key]
         if held.size != size:
-            findings.append(
+            found.append(
                 Finding("size", key, source=size, destination=held.size, against=SIZE_LIST)
             )
         elif held.mtime_ns != mtime_ns:
-            findings.append(
+            found.append(
                 Finding(
                     "mtime",
                     key,
@@ -391,11 +449,9 @@ def check_sizes(
                 )
             )
         else:
-            same += 1
+            result.files += 1
             result.bytes += size
-    result.files = same
-    result.links = len(dst.links)
-    findings += check_metadata(destination, dst.files)
+    result.links = len(links)
     return result
 
 
