@@ -60,6 +60,22 @@ def assert_arrays_read_back(dst: Path, spec: SimulationSpec) -> None:
         np.testing.assert_array_equal(store.read().result(), expected_data(spec, path))
 
 
+def rewrite_delete_grow(src: Path, spec: SimulationSpec) -> None:
+    """What a writer does after a first copy (zarr v3, SMALL's chunks): one chunk rewritten
+    (new inode, new content), one timepoint zeroed (its chunks deleted: fill value), the
+    array grown by a timepoint (new metadata)."""
+    import tensorstore as ts
+
+    store = ts.open(
+        {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(src)}}, open=True
+    ).result()
+    store[1, 0, 0:16, 0:16] = np.full((16, 16), 7, dtype=store.dtype.numpy_dtype)
+    store[2] = np.zeros(store.shape[1:], dtype=store.dtype.numpy_dtype)
+    store = store.resize(exclusive_max=[spec.timepoints + 1, *spec.shape]).result()
+    store[spec.timepoints] = np.ones(spec.shape, dtype=store.dtype.numpy_dtype)
+    assert not (src / "c/2/0/0/0").exists()
+
+
 def copy_live(tmp_path: Path, spec: SimulationSpec, *extra: str) -> tuple[Path, Path, str]:
     """Start softcopy first (waiting for the source), then the writer; both must finish."""
     src, dst = tmp_path / "src.zarr", tmp_path / "dst.zarr"
@@ -97,7 +113,6 @@ def test_copy_is_live_and_follows_rewrites_and_deletes(tmp_path: Path) -> None:
     """Deterministic: the tool copies everything while the writer is 'still running'
     (no marker yet), then picks up a rewritten chunk, a deleted chunk and a new
     metadata version, and finishes only when the marker appears."""
-    import tensorstore as ts
 
     spec = replace(SMALL, complete=False)
     src, dst = tmp_path / "src.zarr", tmp_path / "dst.zarr"
@@ -105,15 +120,7 @@ def test_copy_is_live_and_follows_rewrites_and_deletes(tmp_path: Path) -> None:
     copier = start_softcopy("copy", src, dst, "--settle", "600", "--scan-interval", "600")
     wait_for(lambda: tree_files(dst) == tree_files(src), what="the initial copy", proc=copier)
     assert copier.poll() is None, "finished without a marker or settle"
-    store = ts.open(
-        {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(src)}}, open=True
-    ).result()
-    # Rewrite one chunk (new inode, new content), delete one (fill value), grow the array.
-    store[1, 0, 0:16, 0:16] = np.full((16, 16), 7, dtype=store.dtype.numpy_dtype)
-    store[2] = np.zeros(store.shape[1:], dtype=store.dtype.numpy_dtype)
-    store = store.resize(exclusive_max=[spec.timepoints + 1, *spec.shape]).result()
-    store[spec.timepoints] = np.ones(spec.shape, dtype=store.dtype.numpy_dtype)
-    assert not (src / "c/2/0/0/0").exists()
+    rewrite_delete_grow(src, spec)
     wait_for(lambda: tree_files(dst) == tree_files(src), what="the rewrite and delete", proc=copier)
     assert (dst / "c/1/0/0/0").read_bytes() == (src / "c/1/0/0/0").read_bytes()
     assert json.loads((dst / "zarr.json").read_text())["shape"][0] == spec.timepoints + 1

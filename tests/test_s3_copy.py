@@ -16,12 +16,11 @@ import socket
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import s3server
 from conftest import finish, run_softcopy, start_simulator, start_softcopy, tree_files, wait_for
 from s3server import AuthServer, auth_server, bucket, s3_server  # noqa: F401 (fixtures)
-from test_acquisition import SMALL, sim_args, simulate
+from test_acquisition import SMALL, rewrite_delete_grow, sim_args, simulate
 
 MiB = 1 << 20
 
@@ -107,8 +106,6 @@ def test_a_hashed_copy_has_a_manifest_and_a_rerun_copies_nothing(
 def test_a_copy_during_acquisition_follows_rewrites_and_deletes(
     bucket: str, tmp_path: Path
 ) -> None:
-    import tensorstore as ts
-
     spec = replace(SMALL, complete=False)
     src = tmp_path / "src.zarr"
     simulate(src, spec)
@@ -116,15 +113,7 @@ def test_a_copy_during_acquisition_follows_rewrites_and_deletes(
     copier = start_softcopy("copy", src, dst, "--settle", "600", "--scan-interval", "600")
     wait_for(lambda: objects(bucket, "live.zarr") == files_of(src), what="the first copy",
              proc=copier)  # fmt: skip
-    store = ts.open(
-        {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(src)}}, open=True
-    ).result()
-    # A chunk rewritten (new inode, new bytes), one deleted (fill value), the array grown.
-    store[1, 0, 0:16, 0:16] = np.full((16, 16), 7, dtype=store.dtype.numpy_dtype)
-    store[2] = np.zeros(store.shape[1:], dtype=store.dtype.numpy_dtype)
-    store = store.resize(exclusive_max=[spec.timepoints + 1, *spec.shape]).result()
-    store[spec.timepoints] = np.ones(spec.shape, dtype=store.dtype.numpy_dtype)
-    assert not (src / "c/2/0/0/0").exists()
+    rewrite_delete_grow(src, spec)
     wait_for(lambda: objects(bucket, "live.zarr") == files_of(src),
              what="the rewrite, the delete and the new timepoint", proc=copier)  # fmt: skip
     assert copier.poll() is None, "finished without a marker"
