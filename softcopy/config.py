@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigError, SoftcopyError
 from .inputs import read_input
 from .locations import RECORDS_SUFFIX, is_object_store, object_url
-from .options import COMMAND_LINE, OPTIONS, Option, parse_options, target_class
+from .options import COMMAND_LINE, OPTIONS, Option, option_place, parse_options, target_class
 from .presets import apply_preset
 from .state.records import records_dir
 
@@ -34,10 +34,13 @@ def make_target(source: Any, destination: Any, options: dict[str, Any], where: s
     if is_object_store(destination):
         # A bucket cannot overlap a folder; whether the prefix holds something else is
         # asked of the store when the run starts (sinks/s3.py `foreign`).
-        return TargetConfig(
-            Path(os.path.realpath(src)),
-            object_url(destination),
-            **parse_options(apply_preset(options, preset_where), where),
+        return _packing_checked(
+            TargetConfig(
+                Path(os.path.realpath(src)),
+                object_url(destination),
+                **parse_options(apply_preset(options, preset_where), where),
+            ),
+            where,
         )
     dst = Path(os.path.abspath(os.path.expanduser(destination)))
     check_paths(src, dst)  # errors name the paths as the user wrote them
@@ -46,11 +49,51 @@ def make_target(source: Any, destination: Any, options: dict[str, Any], where: s
         raise ConfigError(dst, "copy to destination", problem)
     # Links in the paths the user gave are resolved once, here: everything below is
     # then opened without following a link, and one directory has one name.
-    return TargetConfig(
-        Path(os.path.realpath(src)),
-        Path(os.path.realpath(dst)),
-        **parse_options(apply_preset(options, preset_where), where),
+    return _packing_checked(
+        TargetConfig(
+            Path(os.path.realpath(src)),
+            Path(os.path.realpath(dst)),
+            **parse_options(apply_preset(options, preset_where), where),
+        ),
+        where,
     )
+
+
+# Options that only mean something for a packed copy (engine/pack.py).
+_PACK_ONLY = ("encrypt", "identity", "level", "threads")
+
+
+def _packing_checked(cfg: TargetConfig, where: str) -> TargetConfig:
+    """A packing option without --pack, or --pack with what an archive cannot do: refused."""
+    rows = {o.name: o for o in OPTIONS}
+    if cfg.compress_include and not cfg.compress:
+        place = option_place(where, "compress_include", rows)
+        raise ConfigError(place, "read option", "it applies to --compress: add --compress")
+    if cfg.compress and cfg.pack:
+        place = option_place(where, "compress", rows)
+        raise ConfigError(
+            place, "read option", "an archive is compressed whole: --pack tar.gz or tar.zst "
+            "instead of --compress",
+        )  # fmt: skip
+    if not cfg.pack:
+        for name in _PACK_ONLY:
+            if getattr(cfg, name) in (None, (), 0):
+                continue
+            if cfg.compress and name in ("level", "threads"):
+                continue
+            place = option_place(where, name, rows)
+            raise ConfigError(place, "read option", "it applies to packed copies: add --pack")
+        return cfg
+    for name in ("include", "exclude"):
+        if getattr(cfg, name):
+            place = option_place(where, name, rows)
+            raise ConfigError(
+                place, "read option", "an archive holds the whole run: --pack takes no "
+                "--include or --exclude",
+            )  # fmt: skip
+    if cfg.dry_run:
+        raise ConfigError(cfg.destination, "pack", "--dry-run does not apply to --pack yet")
+    return cfg
 
 
 def _field_place(where: str, field_name: str) -> str:

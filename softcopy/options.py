@@ -117,15 +117,18 @@ def _rate(value: Any) -> float | None:
 RATE = Kind("rate", "float | None", _rate)
 
 
-def choice(*choices: str, says: str) -> Kind:
-    """One of `choices`; `says` lists them in the error message."""
+def choice(*choices: str, says: str, optional: bool = False) -> Kind:
+    """One of `choices`; `says` lists them in the error message. `optional`: None too (off)."""
 
-    def check(value: Any) -> str:
+    def check(value: Any) -> str | None:
+        if value is None and optional:
+            return None
         if value not in choices:
             raise ValueError(f"{value!r} is not {says}")
         return value
 
-    return Kind("choice", "str", check, lambda: {"type": click.Choice(choices)}, choices)
+    annotation = "str | None" if optional else "str"
+    return Kind("choice", annotation, check, lambda: {"type": click.Choice(choices)}, choices)
 
 
 def _globs(value: Any) -> tuple[str, ...]:
@@ -196,6 +199,50 @@ def _part_size(value: Any) -> int:
 
 # "64Mi", "100M": bytes; at least S3's smallest part.
 PART_SIZE = Kind("size", "int", _part_size)
+
+
+def _texts(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"{value!r} is not a list of non-empty texts")
+    return tuple(value)
+
+
+TEXTS = Kind("texts", "tuple[str, ...]", _texts, lambda: {"multiple": True})
+
+
+def _file(value: Any) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str | os.PathLike) or not str(value):
+        raise ValueError(f"{value!r} is not a file path")
+    return Path(os.path.abspath(os.path.expanduser(value)))
+
+
+FILE = Kind(
+    "file", "Path | None", _file, lambda: {"type": click.Path(path_type=Path, dir_okay=False)}
+)
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{value!r} is not a whole number >= 0")
+    return value
+
+
+COUNT = Kind("count", "int", _count, lambda: {"type": click.IntRange(min=0)})
+
+
+def _level(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} is not a whole number")
+    return value
+
+
+LEVEL = Kind("level", "int | None", _level, lambda: {"type": int})
 
 
 # ---- the table -----------------------------------------------------------------------------
@@ -420,6 +467,57 @@ OPTIONS: tuple[Option, ...] = (
         "Object store: upload the file a link inside the source points to, under the link's "
         "name, instead of skipping the link with a warning [no].",
     ),
+    # Packed copies (docs/archives.md): DESTINATION is one archive of the run, written once
+    # the run is finished, verified member by member.
+    Option(
+        "pack",
+        choice("tar", "tar.gz", "tar.zst", says="tar, tar.gz or tar.zst", optional=True),
+        None,
+        "Write DESTINATION as one archive of SOURCE, once it is finished: tar, tar.gz or "
+        "tar.zst [off].",
+    ),
+    Option(
+        "encrypt",
+        TEXTS,
+        (),
+        "With --pack: encrypt for age:RECIPIENT, age:@RECIPIENTS_FILE or gpg:KEYID "
+        "(repeatable); adds .age or .gpg to the name.",
+        flag="--encrypt",
+        dest="encrypt",
+    ),
+    Option(
+        "identity",
+        FILE,
+        None,
+        "With --pack --encrypt age:...: an age identity file, so verification decrypts the "
+        "archive [without: the stored bytes are checked, the contents were checked while "
+        "packing].",
+    ),
+    # Per-file compression of a plain run folder (docs/archives.md): FILE.gz or FILE.zst
+    # at the destination, verified by decompressing it.
+    Option(
+        "compress",
+        choice("gzip", "zstd", says="gzip or zstd", optional=True),
+        None,
+        "Write each file (or those --compress-include picks) compressed, as FILE.gz or "
+        "FILE.zst, once the run is finished [off].",
+    ),
+    Option(
+        "compress_include",
+        GLOBS,
+        (),
+        "With --compress: compress only files matching this glob, e.g. '*.fastq'; "
+        "repeatable [every file].",
+        flag="--compress-include",
+        dest="compress_include",
+    ),
+    Option(
+        "level",
+        LEVEL,
+        None,
+        "With --pack or --compress: compression level (gzip 1-9, zstd 1-22) [1].",
+    ),
+    Option("threads", COUNT, 0, "With --pack or --compress: compression threads; 0 chooses [0]."),
     # Targets-file only:
     Option("max_attempts", WHOLE, 5),
     Option("batch_size", WHOLE, 32),

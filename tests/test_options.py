@@ -62,6 +62,10 @@ SAMPLES: dict[str, tuple[list[str], str]] = {
     "file name": (["done.txt"], "done.txt"),
     "text": (["http://127.0.0.1:9000"], "http://127.0.0.1:9000"),
     "size": (["8Mi"], "8Mi"),
+    "texts": (["age:age1a", "gpg:ABCD"], "['age:age1a', 'gpg:ABCD']"),
+    "file": (["~/key.txt"], "~/key.txt"),
+    "count": (["4"], "4"),
+    "level": (["19"], "19"),
 }
 
 

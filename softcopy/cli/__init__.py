@@ -34,8 +34,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("copy", "run", "Copy every target of TARGETS_FILE in parallel, and watch each of "
             "its `watch:` roots as `softcopy watch` does (see targets.example.yaml)."),
     "watch": ("watch", "watch", "Copy every run that appears under SOURCE_ROOT to "
-              "DESTINATION_ROOT, one copy per run (the same engine, options and promises as "
-              "`copy`), until stopped."),
+              "DESTINATION_ROOT (a folder, or s3://BUCKET/PREFIX), one copy per run (the same "
+              "engine, options and promises as `copy`), until stopped."),
     "retry": ("watch", "retry", "Put the failed RUN (its path under the source root, or its "
               "source) back in the queue of the watcher that found it: it is copied again, "
               "with fresh attempts."),
@@ -43,6 +43,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                 "when provably safe."),
     "verify": ("verify", "verify", "Check a copy: `verify SOURCE DESTINATION`, or `verify "
                "DESTINATION` against its records."),
+    "unpack": ("archive", "unpack", "Restore a packed copy into DIRECTORY, every member "
+               "verified against its records."),
     "status": ("status", "status", "Runs (of `watch`) and targets in the journal: state, "
                "files and bytes, failures, hooks, last activity."),
     "forget": ("status", "forget", "Remove one target or run from the journal (not a running "

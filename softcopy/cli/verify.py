@@ -36,6 +36,12 @@ certificate) are not compared; --include/--exclude here narrow it further.
 DESTINATION may be an object store, s3://BUCKET/PREFIX (records under
 s3://BUCKET/PREFIX.softcopy/): its listing gives keys and sizes, --hash
 downloads every object again; source links are skipped (stores have none).
+A packed copy (an archive made with --pack) is read back, decrypted with
+--identity (age) or the gpg secret key when given, decompressed, and every
+member compared with its records; with SOURCE, the source too.
+A compressed copy (--compress) is read back, every file decompressed, and the
+BLAKE3 of its original bytes compared with its records; with SOURCE, the
+source too.
 Exit codes: 0 identical, 1 differences found (all listed), 2 usage error."""
 
 
@@ -77,6 +83,12 @@ Exit codes: 0 identical, 1 differences found (all listed), 2 usage error."""
     is_flag=True,
     help="Object store: the copy uploaded the files links inside the source lead to.",
 )
+@click.option(
+    "--identity",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Archive encrypted with age: the identity file that decrypts it, so every member "
+    "is compared [without: the stored bytes only].",
+)
 @click.pass_context
 def verify(
     ctx: click.Context,
@@ -90,9 +102,12 @@ def verify(
     exclude: tuple[str, ...],
     follow_links_inside: bool,
     s3_endpoint: str | None,
+    identity: Path | None,
 ) -> None:
     """Check a copy: `verify SOURCE DESTINATION`, or `verify DESTINATION` against its records."""
     store = {"endpoint_url": s3_endpoint or "", "follow_links_inside": follow_links_inside}
+    if identity is not None:
+        store["identity"] = identity
     ctx.exit(
         guarded(
             ctx,
@@ -129,6 +144,15 @@ def _verify(
                 text, "verify", "an object store can be the destination only, not the source"
             )
     started = time.monotonic()
+    from .archive import archive_named, verify_archive
+
+    if archive_named(texts[-1], (store or {}).get("endpoint_url", "")):
+        result, mode = verify_archive(texts, store or {})
+        return _report(result, mode, started, as_json)
+    from .compressed import compressed_named, verify_compressed
+
+    if compressed_named(texts[-1]):
+        return _report(*verify_compressed(texts), started, as_json)
     if is_object_store(texts[-1]):
         result, mode = _verify_object_store(
             texts, hashes, decode, manifest, workers, Selection("", (), include, exclude), store

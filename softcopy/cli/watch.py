@@ -34,8 +34,9 @@ def _service_options() -> Any:
 @click_options()
 @click.pass_context
 def watch(ctx: click.Context, source_root: str, destination_root: str, **values: Any) -> None:
-    """Copy every run that appears under SOURCE_ROOT to DESTINATION_ROOT, one copy per run
-    (the same engine, options and promises as `copy`), until stopped."""
+    """Copy every run that appears under SOURCE_ROOT to DESTINATION_ROOT (a folder, or
+    s3://BUCKET/PREFIX), one copy per run (the same engine, options and promises as
+    `copy`), until stopped."""
     from ..service.watch import SERVICE_OPTIONS, Service, watch_config
 
     def body() -> int:

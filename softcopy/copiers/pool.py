@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,7 +79,14 @@ def copier_options(
 
 
 def _lower_priority(options: CopierOptions) -> list[tuple[str, str]]:
-    """The acquisition comes first: idle CPU scheduling, idle I/O class, nice 19.
+    return lower_priority(options.nice, options.idle_cpu, options.idle_io)
+
+
+def lower_priority(
+    nice: int = 19, idle_cpu: bool = True, idle_io: bool = True
+) -> list[tuple[str, str]]:
+    """The acquisition comes first: idle CPU scheduling, idle I/O class, nice 19, for the
+    calling thread (a copier's only one; a packing target's own) and what it starts.
 
     SCHED_IDLE runs a copier only on a CPU nothing else wants, and any other task
     that wakes up preempts it at once; nice 19 alone still takes a share of a busy
@@ -87,21 +95,22 @@ def _lower_priority(options: CopierOptions) -> list[tuple[str, str]]:
     the terminal itself (it would tear the live progress display).
     """
     notes: list[tuple[str, str]] = []
-    if options.nice:
-        os.nice(options.nice)
-    if options.idle_cpu:
+    me = threading.get_native_id()
+    if nice:
+        os.nice(nice)  # this thread's, on Linux
+    if idle_cpu:
         try:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         except (OSError, AttributeError) as exc:
             # Not permitted (a seccomp profile, an old kernel): nice 19 still applies.
-            notes.append(("debug", f"copier {os.getpid()}: could not set SCHED_IDLE: {exc}"))
-    if options.idle_io:
+            notes.append(("debug", f"copier {me}: could not set SCHED_IDLE: {exc}"))
+    if idle_io:
         try:
             import psutil
 
-            psutil.Process().ionice(psutil.IOPRIO_CLASS_IDLE)
+            psutil.Process(me).ionice(psutil.IOPRIO_CLASS_IDLE)
         except Exception as exc:  # no ioprio support: keep going at normal I/O priority
-            notes.append(("warn", f"copier {os.getpid()}: could not set idle I/O priority: {exc}"))
+            notes.append(("warn", f"copier {me}: could not set idle I/O priority: {exc}"))
     return notes
 
 

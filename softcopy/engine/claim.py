@@ -53,6 +53,13 @@ def claim(
         if problem is not None:
             raise ConfigError(dst, "copy to destination", problem)
         return False
+    if previous.get("compressed") and not cfg.replace:
+        # A plain copy would find every FILE.gz extra and delete it.
+        raise ConfigError(
+            dst, "copy to destination", f"it holds softcopy's compressed copy of "
+            f"{previous['source']} (--compress {previous['compressed']}, so says {records}): "
+            "copy again with the same --compress, or choose another destination",
+        )  # fmt: skip
     source = previous["source"]
     identity = previous.get("source_identity")  # absent in records of older versions
     if not (isinstance(identity, list) and len(identity) == 2):

@@ -14,6 +14,7 @@ import fnmatch
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..sources.kinds import newest_change
 from ..sources.scan import Version
@@ -49,6 +50,18 @@ class Rules:
     settle: float
     sentinel_fallbacks: tuple[str, ...] = ()
     finished_after: float = 0.0  # a source this old at the start is finished; 0: off
+
+
+def rules_of(cfg: Any) -> Rules:
+    """A target's end rules (a TargetConfig's options of the same names)."""
+    return Rules(
+        cfg.complete_marker,
+        cfg.sentinel_min_age,
+        cfg.idle_timeout,
+        cfg.settle,
+        cfg.sentinel_fallbacks,
+        cfg.finished_after,
+    )
 
 
 @dataclass(frozen=True)

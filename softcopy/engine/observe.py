@@ -34,6 +34,7 @@ from ..sources.scan import DirListing, Version, iter_dirs, stat_key
 from ..sources.select import Selection
 from ..sources.watch import TreeWatcher
 from ..zarr.layout import ArrayLayout, metadata_kind
+from .finish import Observed, Rules, end_of
 from .ledger import Ledger
 from .racy import Granularity
 
@@ -303,6 +304,31 @@ class SourceView:
                 )
                 self._said_unreadable.add(key)
             self.unreadable[key + "/"] = error
+
+    def end_rule(self, rules: Rules, now: float, count_expected: bool) -> tuple[str, str]:
+        """(rule, reason) when the writer is done by `rules`, else ("", ""); `now` is
+        monotonic. `count_expected`: look whether every expected chunk exists (a pass over
+        the ledger, so the caller says when it is worth it)."""
+        seen = Observed(
+            markers=self.markers,
+            quiet=now - self.last_change,
+            longest_pause=self.longest_pause,
+            all_expected_present=count_expected and self.ledger.all_expected_present(),
+            temp_count=self.temp_count,
+            has_expected_set=self.kind.has_expected_set,
+            # An old source counts as finished only while nothing changed since the start.
+            quiet_at_start=self.quiet_at_start if self.unchanged_since_start else 0.0,
+        )
+        end = end_of(rules, seen)
+        if end is None:
+            return "", ""
+        if end.confirm:
+            # Confirm with a fresh listing: events may have been lost.
+            if self.full_scan() != 0:
+                return "", ""
+            if end.rule == "settle" and (self.temp_count or self.markers):
+                return "", ""
+        return end.rule, end.reason
 
     @property
     def unchanged_since_start(self) -> bool:

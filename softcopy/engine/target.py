@@ -55,7 +55,7 @@ from .end import (
     write_summary,
 )
 from .events import FINAL_STATES, Event, State, Summary
-from .finish import END_PROVEN, Observed, Rules, end_of, settle_time
+from .finish import END_PROVEN, rules_of, settle_time
 from .ledger import Ledger
 from .matched import Matched
 from .notes import STALL_AFTER, Snapshot, waiting_for, waiting_note_after
@@ -118,14 +118,7 @@ class Supervisor:
         self._marker_bytes = 0
         self.compare_first: set[str] = set()
         self.retry = RetryPolicy(cfg.max_attempts)
-        self.rules = Rules(
-            cfg.complete_marker,
-            cfg.sentinel_min_age,
-            cfg.idle_timeout,
-            cfg.settle,
-            cfg.sentinel_fallbacks,
-            cfg.finished_after,
-        )
+        self.rules = rules_of(cfg)
         self.fatal: SoftcopyError | None = None
         self.queue_empty = False
         self.records: Records | None = None  # held open with its lock and the destination's
@@ -819,37 +812,16 @@ class Supervisor:
         return reason
 
     def _end_rule(self, now: float) -> tuple[str, str]:
-        quiet = now - self.view.last_change
-        grid = self.kind.has_expected_set
         # Counting every array's files costs a pass over each: once a second at most, and
         # only once the source has been quiet for long enough to settle.
         settle_due = (
-            grid
-            and quiet >= settle_time(self.rules, self.view.longest_pause)
+            self.kind.has_expected_set
+            and now - self.view.last_change >= settle_time(self.rules, self.view.longest_pause)
             and now - self._settle_checked >= 1.0
         )
         if settle_due:
             self._settle_checked = now
-        seen = Observed(
-            markers=self.view.markers,
-            quiet=quiet,
-            longest_pause=self.view.longest_pause,
-            all_expected_present=settle_due and self.ledger.all_expected_present(),
-            temp_count=self.view.temp_count,
-            has_expected_set=grid,
-            # An old source counts as finished only while nothing changed since the start.
-            quiet_at_start=self.view.quiet_at_start if self.view.unchanged_since_start else 0.0,
-        )
-        end = end_of(self.rules, seen)
-        if end is None:
-            return "", ""
-        if end.confirm:
-            # Confirm with a fresh listing: events may have been lost.
-            if self.view.full_scan() != 0:
-                return "", ""
-            if end.rule == "settle" and (self.view.temp_count or self.view.markers):
-                return "", ""
-        return end.rule, end.reason
+        return self.view.end_rule(self.rules, now, settle_due)
 
     def _idle(self) -> bool:
         """Nothing to copy, nothing in flight, no retry or re-check pending."""
@@ -1160,6 +1132,14 @@ def copy_target(
     events: Callable[[dict], None] | None = None,
     run_rate: tuple[str, float] | None = None,
 ) -> Summary:
+    if cfg.pack:
+        from .pack import pack_target
+
+        return pack_target(cfg, stop, events, run_rate)
+    if cfg.compress:
+        from .compress import compress_target
+
+        return compress_target(cfg, stop, events, run_rate)
     supervisor = Supervisor(cfg, stop, events, run_rate)
     try:
         return supervisor.run()

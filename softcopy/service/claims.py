@@ -1,23 +1,30 @@
-"""Who copies a run: a claim record in the run's records folder, beside its copy.
+"""Who copies a run: a claim record in the run's records, beside its copy.
 
 The claim lives with the destination, not in the journal: the journal is local to one
 host (SQLite must not live on a network filesystem), the destination is what two hosts
-share. A claim is made by linking a complete private file to `claim.json` (link fails
-if the name exists, on local filesystems and NFSv3+ alike, and the record is whole the
-moment it has its name); it is renewed while its owner works and removed when it stops.
+share. It is renewed while its owner works and removed when it stops.
+
+- In a records folder, a claim is made by linking a complete private file to
+  `claim.json` (link fails if the name exists, on local filesystems and NFSv3+ alike, and
+  the record is whole the moment it has its name). A file cannot be replaced only if it
+  is still the one read, so every later change (renewal, takeover, release) happens
+  under a second exclusive record, `claim.takeover`, with the claim read again under it.
+- In an object store (`PREFIX.softcopy/claim.json`), the store compares and swaps: the
+  claim is put with If-None-Match: *, and every later change is conditional on the
+  ETag of the version read (If-Match), so two takers cannot both win and a renewal never
+  overwrites the claim of whoever took it over. The engine's lock on a bucket is made the
+  same way (sinks/s3.py ObjectRecords).
 
 A claim whose owner is gone is taken over:
 - same host: its process is dead (pid and start time, boot id), at once;
 - another host: its lease ran out, judged by *this* host's clock from when this host
   first saw the claim unchanged, so the two hosts' clocks never have to agree.
-A takeover is serialised by a second exclusive record (`claim.takeover`), and the
-claim is re-read under it, so two takers cannot both win.
 
 What this does not guarantee across hosts: an owner stalled (SIGSTOP, a frozen VM)
 for longer than the lease loses its claim while it still believes it holds it; it
 finds out at its next renewal and stops its copy, but the two may overlap for up to
-one renewal interval. The engine's lock on the destination (flock) keeps them apart
-where the filesystem shares locks between hosts.
+one renewal interval. The engine's lock on the destination (flock, or the bucket's
+conditional lock object) keeps them apart where the destination can.
 """
 
 from __future__ import annotations
@@ -32,11 +39,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, from_os_error
 from ..state.journal import boot_id, owner_alive, process_start
 from ..state.records import Records
+
+if TYPE_CHECKING:  # boto3 is loaded only for an object-store destination
+    from ..sinks.s3 import ObjectRecords
 
 log = logging.getLogger("softcopy")
 
@@ -63,62 +73,39 @@ class Claim:
     """A claim this process holds. Renewed from one thread, released from another: the
     lock keeps the two apart (a release must never meet this process's own renewal)."""
 
-    records: Records
+    store: _Folder | _Objects
     record: dict[str, Any]
+    tag: str = ""  # in an object store: the ETag of the claim as this process last wrote it
     _lock: threading.Lock = field(default_factory=threading.Lock)
     released: bool = False
+
+    @property
+    def records(self) -> Records | ObjectRecords:
+        """The run's records, where the claim is (the watcher keeps its hooks record there)."""
+        return self.store.records
 
     @property
     def token(self) -> str:
         return self.record["token"]
 
     def renew(self) -> bool:
-        """Renew the lease; False when the claim was taken over (stop copying).
-
-        Under the takeover record, as a takeover is: a renewal can never overwrite the
-        claim of a watcher that took this one over meanwhile.
-        """
+        """Renew the lease; False when the claim was taken over (stop copying)."""
         with self._lock:
             if self.released:
                 return True
-            guard = {**_owner(), "token": self.token, "renewing": True}
-            if not _create(self.records, TAKEOVER, guard):
-                return True  # someone is taking over: the next renewal will know who won
-            try:
-                current = _read(self.records, CLAIM)
-                if current is None or current.get("token") != self.token:
-                    return False
-                self.record["renewals"] += 1
-                self.record["renewed"] = _now_iso()
-                self.records.write(CLAIM, _encode(self.record))
-                return True
-            finally:
-                self.records.unlink(TAKEOVER)
+            return self.store.renew(self)
 
     def release(self) -> None:
-        """Remove the claim if it is still ours (under the takeover record, so never the
-        claim of whoever took it over); the records folder closes."""
+        """Remove the claim if it is still ours (never the claim of whoever took it over);
+        the records close."""
         with self._lock:
             if self.released:
                 return
             self.released = True
             try:
-                guard = {**_owner(), "token": self.token, "releasing": True}
-                # Another process's takeover takes milliseconds: wait it out briefly.
-                for _ in range(50):
-                    if _create(self.records, TAKEOVER, guard):
-                        try:
-                            current = _read(self.records, CLAIM)
-                            if current is not None and current.get("token") == self.token:
-                                self.records.unlink(CLAIM)
-                        finally:
-                            self.records.unlink(TAKEOVER)
-                        break
-                    time.sleep(0.02)
-                else:
-                    log.warning("%s: not released: a takeover is in progress", self.records)
+                self.store.release(self)
             finally:
-                self.records.close()
+                self.store.close()
 
 
 @dataclass
@@ -149,13 +136,17 @@ class Observations:
 
 
 def claim(
-    folder: Path, source: str, lease: float, observations: Observations, now: float | None = None
+    folder: Path | ObjectRecords,
+    source: str,
+    lease: float,
+    observations: Observations,
+    now: float | None = None,
 ) -> Claim | Busy:
-    """Claim the run whose records folder is `folder` (made if missing)."""
+    """Claim the run whose records are `folder`: a records folder (made if missing), or an
+    object store's records prefix (sinks/s3.py `ObjectStore.records_of`)."""
     now = time.monotonic() if now is None else now
-    records = Records.open(folder, create=True)
-    assert records is not None
-    key = str(folder / CLAIM)
+    store = _open(folder)
+    key = str(store.records / CLAIM)
     try:
         record = {
             **_owner(),
@@ -167,35 +158,46 @@ def claim(
             "renewals": 0,
         }
         # Read first: a watcher that keeps finding a run held elsewhere writes nothing.
-        current = _read(records, CLAIM)
+        current, tag = store.read()
         if current is None:
-            if _create(records, CLAIM, record):
+            made = store.create(record)
+            if made is not None:
                 observations.forget(key)
-                return Claim(records, record)
-            current = _read(records, CLAIM)
+                return Claim(store, record, made)
+            current, tag = store.read()
         if current is None:  # removed meanwhile: try again next time
-            records.close()
+            store.close()
             return Busy("unknown", "a claim record is being removed")
         gone = _gone(current, lease, observations.unchanged_for(key, current, now))
         if not gone:
-            records.close()
+            store.close()
             if current.get("damaged"):
                 return Busy(
                     "unknown",
-                    f"its claim record {records / CLAIM} is damaged ({current['damaged']}); "
+                    f"its claim record {key} is damaged ({current['damaged']}); "
                     f"taken over once unchanged for --lease {lease:g} s",
                 )
             return Busy(owner_text(current), "it holds the claim")
-        if not _take_over(records, current, record):
-            records.close()
+        taken = store.take_over(current, tag, record)
+        if taken is None:
+            store.close()
             return Busy(owner_text(current), "another watcher is taking over its claim")
-        log.warning("%s: took over the claim of %s (%s)", folder, owner_text(current), gone)
+        log.warning(
+            "%s: took over the claim of %s (%s)", key.rpartition("/")[0], owner_text(current), gone
+        )
         observations.forget(key)
-        return Claim(records, record)
+        return Claim(store, record, taken)
     except BaseException:
-        if records.fd >= 0:
-            records.close()
+        store.close()
         raise
+
+
+def _open(folder: Path | ObjectRecords) -> _Folder | _Objects:
+    if isinstance(folder, str | os.PathLike):
+        records = Records.open(Path(folder), create=True)
+        assert records is not None
+        return _Folder(records)
+    return _Objects(folder)
 
 
 def _gone(record: dict[str, Any], lease: float, unchanged: float) -> str:
@@ -214,26 +216,111 @@ def _gone(record: dict[str, Any], lease: float, unchanged: float) -> str:
     return ""
 
 
-def _take_over(records: Records, stale: dict[str, Any], record: dict[str, Any]) -> bool:
-    guard = {**_owner(), "token": record["token"], "taking_over": stale.get("token")}
-    if not _create(records, TAKEOVER, guard):
-        holder = _read(records, TAKEOVER)
-        if holder is None or not _takeover_abandoned(records, holder):
+class _Folder:
+    """Claims in a records folder: made exclusive by link(2), changed under `claim.takeover`.
+    A tag is always "" here: a file has no version to compare with."""
+
+    def __init__(self, records: Records) -> None:
+        self.records = records
+
+    def read(self) -> tuple[dict[str, Any] | None, str]:
+        return _read(self.records, CLAIM), ""
+
+    def create(self, record: dict[str, Any]) -> str | None:
+        return "" if _create(self.records, CLAIM, record) else None
+
+    def take_over(self, stale: dict[str, Any], tag: str, record: dict[str, Any]) -> str | None:
+        guard = {**_owner(), "token": record["token"], "taking_over": stale.get("token")}
+        if not _create(self.records, TAKEOVER, guard):
+            holder = _read(self.records, TAKEOVER)
+            if holder is None or not _takeover_abandoned(self.records, holder):
+                return None
+            self.records.unlink(TAKEOVER)
+            if not _create(self.records, TAKEOVER, guard):
+                return None
+        try:
+            current = _read(self.records, CLAIM)
+            if current is not None and (
+                current.get("token"),
+                current.get("renewals"),
+            ) != (stale.get("token"), stale.get("renewals")):
+                return None  # renewed or taken over since we judged it
+            self.records.write(CLAIM, _encode(record))
+            return ""
+        finally:
+            self.records.unlink(TAKEOVER)
+
+    def renew(self, held: Claim) -> bool:
+        """Under the takeover record, as a takeover is: a renewal can never overwrite the
+        claim of a watcher that took this one over meanwhile."""
+        guard = {**_owner(), "token": held.token, "renewing": True}
+        if not _create(self.records, TAKEOVER, guard):
+            return True  # someone is taking over: the next renewal will know who won
+        try:
+            current = _read(self.records, CLAIM)
+            if current is None or current.get("token") != held.token:
+                return False
+            held.record["renewals"] += 1
+            held.record["renewed"] = _now_iso()
+            self.records.write(CLAIM, _encode(held.record))
+            return True
+        finally:
+            self.records.unlink(TAKEOVER)
+
+    def release(self, held: Claim) -> None:
+        guard = {**_owner(), "token": held.token, "releasing": True}
+        # Another process's takeover takes milliseconds: wait it out briefly.
+        for _ in range(50):
+            if _create(self.records, TAKEOVER, guard):
+                try:
+                    current = _read(self.records, CLAIM)
+                    if current is not None and current.get("token") == held.token:
+                        self.records.unlink(CLAIM)
+                finally:
+                    self.records.unlink(TAKEOVER)
+                return
+            time.sleep(0.02)
+        log.warning("%s: not released: a takeover is in progress", self.records.path)
+
+    def close(self) -> None:
+        if self.records.fd >= 0:
+            self.records.close()
+
+
+class _Objects:
+    """Claims as an object: made by a conditional put, every change conditional on the
+    ETag read. A tag is that ETag (the claim read, or the one this process wrote)."""
+
+    def __init__(self, records: ObjectRecords) -> None:
+        self.records = records
+
+    def read(self) -> tuple[dict[str, Any] | None, str]:
+        try:
+            raw, etag = self.records.read_tagged(CLAIM)
+        except FileNotFoundError:
+            return None, ""
+        return _parsed(raw, etag), etag
+
+    def create(self, record: dict[str, Any]) -> str | None:
+        return self.records.create(CLAIM, _encode(record))
+
+    def take_over(self, stale: dict[str, Any], tag: str, record: dict[str, Any]) -> str | None:
+        # Over the very version judged stale: a renewal or another taker since then wins.
+        return self.records.replace(CLAIM, _encode(record), tag)
+
+    def renew(self, held: Claim) -> bool:
+        record = {**held.record, "renewals": held.record["renewals"] + 1, "renewed": _now_iso()}
+        etag = self.records.replace(CLAIM, _encode(record), held.tag)
+        if etag is None:
             return False
-        records.unlink(TAKEOVER)
-        if not _create(records, TAKEOVER, guard):
-            return False
-    try:
-        current = _read(records, CLAIM)
-        if current is not None and (
-            current.get("token"),
-            current.get("renewals"),
-        ) != (stale.get("token"), stale.get("renewals")):
-            return False  # renewed or taken over since we judged it
-        records.write(CLAIM, _encode(record))
+        held.record, held.tag = record, etag
         return True
-    finally:
-        records.unlink(TAKEOVER)
+
+    def release(self, held: Claim) -> None:
+        self.records.remove(CLAIM, held.tag)  # refused when another holds it now: theirs
+
+    def close(self) -> None:
+        """Nothing held: the watcher's store owns the client."""
 
 
 def _takeover_abandoned(records: Records, holder: dict[str, Any]) -> bool:
@@ -290,23 +377,14 @@ def _int(value: Any) -> int:
 
 
 def _read(records: Records, name: str) -> dict[str, Any] | None:
-    """The record; None when absent. A record that is not a JSON object (cut short, empty,
-    written by something else) is a claim of an unknown owner whose content stands for
-    its token: unchanged for the lease, it is taken over."""
+    """The record; None when absent."""
     try:
         fd = records.open_fd(name)
         with os.fdopen(fd, "rb") as f:
             raw = f.read(1 << 20)
             st = os.fstat(f.fileno())
-        data = json.loads(raw)
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        return data
     except FileNotFoundError:
         return None
-    except ValueError as exc:
-        problem = "empty" if not raw else f"not a claim record: {str(exc)[:80]}"
-        return {"damaged": problem, "token": f"damaged:{st.st_size}:{st.st_mtime_ns}"}
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ConfigError(
@@ -315,6 +393,21 @@ def _read(records: Records, name: str) -> dict[str, Any] | None:
                 "it is a symbolic link, which softcopy never follows in its records; remove it",
             ) from exc
         raise from_os_error(exc, "read claim", records / name) from exc
+    return _parsed(raw, f"{st.st_size}:{st.st_mtime_ns}")
+
+
+def _parsed(raw: bytes, stamp: str) -> dict[str, Any]:
+    """A record that is not a JSON object (cut short, empty, written by something else) is
+    a claim of an unknown owner whose version (`stamp`) stands for its token: unchanged
+    for the lease, it is taken over."""
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return data
+    except ValueError as exc:
+        problem = "empty" if not raw else f"not a claim record: {str(exc)[:80]}"
+        return {"damaged": problem, "token": f"damaged:{stamp}"}
 
 
 def _encode(record: dict[str, Any]) -> bytes:

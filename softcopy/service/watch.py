@@ -20,7 +20,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import (
     TargetConfig,
@@ -34,7 +34,7 @@ from ..engine.events import Event, Summary
 from ..engine.runner import Finished, Runner
 from ..engine.stop import StopSignal
 from ..errors import ConfigError, SoftcopyError, from_os_error
-from ..locations import is_object_store
+from ..locations import is_object_store, object_url, records_url
 from ..options import (
     DIRECTORY,
     DURATION,
@@ -67,6 +67,9 @@ from . import notify
 from .claims import Busy, Claim, Observations, claim
 from .discover import Found, RootWatcher, find_runs
 from .hooks import HookResult, check_hook, run_hook
+
+if TYPE_CHECKING:  # boto3 is loaded only for an object-store DEST_ROOT
+    from ..sinks.s3 import ObjectRecords, ObjectStore
 
 log = logging.getLogger("softcopy")
 
@@ -148,7 +151,7 @@ class WatchConfig:
     """One watched root: the service's own settings, and the copy options for each run."""
 
     source_root: Path
-    destination_root: Path
+    destination_root: Path | str  # a folder, or an object store's s3://BUCKET/PREFIX
     options: dict[str, Any] = field(default_factory=dict)  # as for `copy`, given explicitly
     depth: int = 1
     patterns: tuple[str, ...] = ()
@@ -192,23 +195,21 @@ def watch_config(
 ) -> WatchConfig:
     """One watched root from its paths, its service options and the copy options for
     every run (both given explicitly: the defaults are the tables')."""
-    paths = []
+    paths: list[Path | str] = []
     for name, value in (("source_root", source_root), ("destination_root", destination_root)):
         if not isinstance(value, str | os.PathLike) or not str(value):
             raise ConfigError(f"{where}.{name}", "read watch", "a path is required")
         if is_object_store(value):
-            raise ConfigError(
-                value, "watch" if name == "source_root" else "copy to destination",
-                "watching a root into object storage is not supported yet: give a local or "
-                "mounted DEST_ROOT, or copy each run with `softcopy copy RUN s3://BUCKET/RUN`"
-                if name == "destination_root" else "an object store is never a source",
-            )  # fmt: skip
+            if name == "source_root":
+                raise ConfigError(value, "watch", "an object store is never a source")
+            paths.append(object_url(value))  # each run goes to s3://BUCKET/PREFIX/RUN
+            continue
         paths.append(Path(os.path.abspath(os.path.expanduser(value))))
     chosen = {o.name: o.default for o in SERVICE_OPTIONS}
     chosen.update(parse_options(service, where, SERVICE_OPTIONS))
     copy = parse_options(copy, where)
     return WatchConfig(
-        paths[0],
+        Path(paths[0]),
         paths[1],
         options=copy,
         wait_for_source=bool(copy.get("wait_for_source", False)),
@@ -264,12 +265,30 @@ def check(cfg: WatchConfig) -> None:
             os.listdir(root)
         except OSError as exc:
             raise from_os_error(exc, "list source root", root) from exc
-    try:
-        check_paths(root, dest)
-    except ConfigError as exc:
+    packed = cfg.options.get("pack") or cfg.options.get("compress")
+    if packed and (cfg.release_after is not None or cfg.release_to is not None):
         raise ConfigError(
-            dest, "watch", f"DEST_ROOT and SOURCE_ROOT overlap: {exc.problem}"
-        ) from exc
+            dest, "release sources of runs packed to", "freeing the source of a packed or "
+            "compressed copy is not built yet, so --release-after and --release-to cannot be "
+            "kept: watch "
+            "without them, check each run with `softcopy verify RUN DESTINATION`, and free "
+            "its source yourself",
+        )  # fmt: skip
+    if is_object_store(dest):
+        if cfg.release_after is not None or cfg.release_to is not None:
+            raise ConfigError(
+                dest, "release sources of runs copied to", "freeing the source of an "
+                "object-store copy is not built yet, so --release-after and --release-to "
+                "cannot be kept: watch without them, check each run with `softcopy verify "
+                "--hash SOURCE DESTINATION`, and free its source yourself",
+            )  # fmt: skip
+    else:
+        try:
+            check_paths(root, Path(dest))
+        except ConfigError as exc:
+            raise ConfigError(
+                dest, "watch", f"DEST_ROOT and SOURCE_ROOT overlap: {exc.problem}"
+            ) from exc
     apply_preset(cfg.options, "on the command line")
     for option, command in (("--on-done", cfg.on_done), ("--on-failed", cfg.on_failed)):
         if command:
@@ -285,6 +304,9 @@ class Service:
         self.stop = stop
         self.announce = announce  # sd_notify (only the `watch` command's process)
         self.root = str(cfg.source_root)
+        # An object store that refuses us (no bucket, wrong credentials, no write access,
+        # no answer) is refused here, as `copy` refuses it, not once per run.
+        self.objects = open_store(cfg) if is_object_store(cfg.destination_root) else None
         self.book = RunBook(cfg.state_dir)  # an unwritable state directory fails here
         self.server = None
         if cfg.http:
@@ -352,7 +374,8 @@ class Service:
         try:
             if not self._wait_for_root():
                 return 1 if self.cfg.once else 0
-            self.cfg.destination_root.mkdir(parents=True, exist_ok=True)
+            if self.objects is None:  # a prefix exists once an object does
+                Path(self.cfg.destination_root).mkdir(parents=True, exist_ok=True)
             self._recover()
             self._list(force=True)
             if self.cfg.once:
@@ -464,7 +487,8 @@ class Service:
                 continue  # --once: only the runs present at start
             row = self.book.get(self.root, f.run)
             if row is None:
-                dest = str(self.cfg.destination_root / f.run)
+                dest = run_destination(self.cfg.destination_root, f.run)
+                dest += archive_suffix(self.cfg.options)
                 self.book.add(self.root, f.run, f.path, dest, f.kind)
                 log.info(
                     "run %s: found (%s)%s",
@@ -516,9 +540,8 @@ class Service:
     def _begin(self, row: dict[str, Any]) -> bool:
         """Claim the run and start its copy; False when it is not ours to copy now."""
         name, src, dst = row["run"], row["source"], row["destination"]
-        folder = records_dir(Path(dst))
         try:
-            got = claim(folder, src, self.cfg.lease, self.observations)
+            got = claim(self._records_of(dst), src, self.cfg.lease, self.observations)
         except SoftcopyError as exc:
             log.warning("run %s: cannot claim it (%s); trying again later", name, exc)
             return False
@@ -536,7 +559,9 @@ class Service:
         certificate = _certificate(got.records, src)
         if certificate is not None:
             # Copied and certified already (by another watcher, or before a crash): not again.
-            log.info("run %s: already copied and verified (%s)", name, folder / CERTIFICATE)
+            log.info(
+                "run %s: already copied and verified (%s)", name, record_place(dst, CERTIFICATE)
+            )
             self._done(
                 active,
                 row,
@@ -628,7 +653,6 @@ class Service:
     def _done(
         self, active: Active, row: dict[str, Any], certificate: dict, files: int, nbytes: int
     ) -> None:
-        folder = records_dir(Path(active.destination))
         self.book.update(
             self.root,
             active.name,
@@ -640,7 +664,7 @@ class Service:
             safe_to_free=int(bool(certificate.get("safe_to_free"))),
             files=int(files),
             bytes=int(nbytes),
-            certificate=str(folder / CERTIFICATE),
+            certificate=record_place(active.destination, CERTIFICATE),
         )
         if not row.get("started"):
             self.book.update(self.root, active.name, started=time.time())
@@ -675,9 +699,14 @@ class Service:
         """A claim held while the failure hook runs, so another watcher does not run it too."""
         if not self.cfg.on_failed:
             return None
-        got = claim(
-            records_dir(Path(row["destination"])), row["source"], self.cfg.lease, self.observations
-        )
+        try:
+            got = claim(
+                self._records_of(row["destination"]), row["source"], self.cfg.lease,
+                self.observations,
+            )  # fmt: skip
+        except SoftcopyError as exc:
+            log.warning("run %s: cannot claim it to run its hook (%s)", row["run"], exc)
+            return None
         if isinstance(got, Busy):
             return None
         active = Active(row["run"], row["source"], row["destination"], got, StopSignal())
@@ -733,6 +762,13 @@ class Service:
 
     # ---- claims -----------------------------------------------------------------------
 
+    def _records_of(self, destination: str) -> Path | ObjectRecords:
+        """Where a run's claim and records are: its records folder, or its records prefix
+        in the bucket (on the watcher's one client)."""
+        if self.objects is not None:
+            return self.objects.records_of(destination)
+        return records_dir(Path(destination))
+
     def _release_claim(self, active: Active) -> None:
         with self._claims_lock:
             self.active.pop(active.name, None)
@@ -749,7 +785,7 @@ class Service:
                 held = list(self.active.values())
             for active in held:
                 try:
-                    if active.claim.records.fd < 0 or active.claim.renew():
+                    if active.claim.released or active.claim.renew():
                         continue
                 except SoftcopyError as exc:
                     log.warning("run %s: could not renew its claim: %s", active.name, exc)
@@ -891,8 +927,51 @@ class Service:
             self._watcher.close()
         self.runner.close()
         self.book.close()
+        if self.objects is not None:
+            self.objects.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+
+
+def open_store(cfg: WatchConfig) -> ObjectStore:
+    """The bucket of an object-store DEST_ROOT, with the copy options every run gets
+    (--s3-endpoint, ...), probed as `copy` probes its destination: listing and writing
+    under PREFIX/ (ConfigError, naming bucket and endpoint, when refused)."""
+    from ..sinks.base import spec_of
+    from ..sinks.s3 import ObjectStore
+
+    target = make_target(
+        cfg.source_root, cfg.destination_root, run_options(cfg.options, "directory"), "watch"
+    )
+    store = ObjectStore.from_spec(spec_of(target))
+    store.probe()
+    return store
+
+
+def run_destination(root: Path | str, run: str) -> str:
+    """Where a run is copied: DEST_ROOT/RUN, or the prefix PREFIX/RUN with the run's name
+    written as each file's name is in a bucket (sinks/s3.py `escape`)."""
+    if isinstance(root, Path):
+        return str(root / run)
+    from ..sinks.s3 import escape
+
+    return f"{root}/{escape(run)}"
+
+
+def archive_suffix(options: dict[str, Any]) -> str:
+    """With --pack, a run's archive is DEST_ROOT/RUN.tar.zst (.age, .gpg when encrypted)."""
+    fmt = options.get("pack")
+    if not fmt:
+        return ""
+    tools = {value.partition(":")[0] for value in options.get("encrypt", ())}
+    return f".{fmt}" + (f".{tools.pop()}" if len(tools) == 1 else "")
+
+
+def record_place(destination: str, name: str) -> str:
+    """A run's record as logs, status and hooks name it: a path, or an s3:// URL."""
+    if is_object_store(destination):
+        return records_url(destination) + name
+    return str(records_dir(Path(destination)) / name)
 
 
 def read_counts(state_dir: Path, root: str) -> dict[str, int]:
@@ -903,7 +982,7 @@ def read_counts(state_dir: Path, root: str) -> dict[str, int]:
     return counts
 
 
-def _certificate(records: Records, source: str) -> dict | None:
+def _certificate(records: Records | ObjectRecords, source: str) -> dict | None:
     """The run's certificate, if it certifies a copy of this source as it is now."""
     certificate = _read_json(records, CERTIFICATE)
     if not certificate or certificate.get("source") != source:
@@ -920,10 +999,11 @@ def _certificate(records: Records, source: str) -> dict | None:
     return certificate
 
 
-def _read_json(records: Records, name: str) -> dict | None:
+def _read_json(records: Records | ObjectRecords, name: str) -> dict | None:
     try:
         data = json.loads(records.read(name))
-    except (OSError, ValueError):
+    except (OSError, ValueError, SoftcopyError):
+        # Unreadable reads as absent: a run copied again verifies what is there.
         return None
     return data if isinstance(data, dict) else None
 

@@ -38,7 +38,9 @@ Lock. `PREFIX.softcopy/lock` is created with `If-None-Match: *` (a conditional p
 runs cannot both create it). It names host, boot and pid, and a thread renews it every
 LEASE / 4 seconds with `If-Match` on its ETag. A lock whose holder is dead on this host, or
 which was not renewed for LEASE seconds, is taken over with `If-Match` on the ETag read.
-A run that loses its lock (taken over after a long silence) sets `lock_lost`. A store
+A run that loses its lock (taken over after a long silence) sets `lock_lost`. These
+compare-and-swap steps are ObjectRecords' `create`, `replace` and `remove`, which a
+watcher's claims on a bucket (service/claims.py) are made of too. A store
 that ignores conditional headers cannot keep two runs apart: the lock then only says who
 holds it (moto 5.2 honours If-None-Match and If-Match on PutObject and DeleteObject).
 
@@ -246,6 +248,7 @@ _TRANSIENT_CODES = {
 }  # fmt: skip
 _DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "Forbidden", "403"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
+_CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
 
 
 def error_code(exc: BaseException) -> str:
@@ -256,6 +259,12 @@ def error_code(exc: BaseException) -> str:
 
 def is_missing(exc: BaseException) -> bool:
     return error_code(exc) in _MISSING_CODES
+
+
+def _refused_condition(exc: BaseException) -> bool:
+    """A conditional request the store refused: the version it named is not there (412;
+    409 while another conditional write is under way; 404 when If-Match met no object)."""
+    return error_code(exc) in _CONFLICT_CODES or is_missing(exc)
 
 
 def explain(exc: BaseException, endpoint: str, bucket: str) -> tuple[str, int]:
@@ -366,8 +375,13 @@ class ObjectRecords:
 
     def read(self, name: str) -> bytes:
         """The record's bytes; FileNotFoundError when absent."""
+        return self.read_tagged(name)[0]
+
+    def read_tagged(self, name: str) -> tuple[bytes, str]:
+        """The record's bytes and the ETag of that version; FileNotFoundError when absent."""
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"].read()
+            answer = self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)
+            return answer["Body"].read(), answer["ETag"]
         except botocore.exceptions.ClientError as exc:
             if is_missing(exc):
                 raise FileNotFoundError(errno.ENOENT, "no such record", self.url(name)) from None
@@ -376,7 +390,8 @@ class ObjectRecords:
             raise self._error(exc, "read record", name) from exc
 
     def write(self, name: str, data: bytes, **conditions: str) -> str:
-        """Put the record in one request (atomic); its new ETag."""
+        """Put the record in one request (atomic); its new ETag. With `conditions`
+        (IfNoneMatch, IfMatch), a refused one is raised as the store's ClientError."""
         try:
             answer = self.client.put_object(
                 Bucket=self.bucket,
@@ -386,12 +401,43 @@ class ObjectRecords:
                 **conditions,
             )
         except botocore.exceptions.ClientError as exc:
-            if error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
+            if conditions and _refused_condition(exc):
                 raise
             raise self._error(exc, "write record", name) from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise self._error(exc, "write record", name) from exc
         return answer["ETag"]
+
+    # Compare-and-swap on one record: what the lock and a watcher's claims are made of.
+    # Two writers can never both succeed, which no exclusive file could promise on a store.
+
+    def create(self, name: str, data: bytes) -> str | None:
+        """Put the record only if the name is free (If-None-Match: *): its ETag, or None
+        when another record has the name."""
+        try:
+            return self.write(name, data, IfNoneMatch="*")
+        except botocore.exceptions.ClientError:
+            return None
+
+    def replace(self, name: str, data: bytes, etag: str) -> str | None:
+        """Put the record only over the version `etag` (If-Match): its new ETag, or None
+        when that version was replaced or removed meanwhile."""
+        try:
+            return self.write(name, data, IfMatch=etag)
+        except botocore.exceptions.ClientError:
+            return None
+
+    def remove(self, name: str, etag: str) -> bool:
+        """Delete the record only if it is still the version `etag`; False when it is not."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + name, IfMatch=etag)
+        except botocore.exceptions.ClientError as exc:
+            if _refused_condition(exc):
+                return False
+            raise self._error(exc, "remove record", name) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc, "remove record", name) from exc
+        return True
 
     def unlink(self, name: str) -> None:
         try:
@@ -616,6 +662,15 @@ class ObjectStore:
             self.client, self.bucket, self.prefix + RECORDS_SUFFIX + "/", self.endpoint
         )
 
+    def records_of(self, location: str) -> ObjectRecords:
+        """The records of the copy at `location`, another prefix of this bucket (a run
+        under a watcher's DEST_ROOT), on this store's client: a watcher keeps the claims
+        of all its runs on one connection pool."""
+        bucket, prefix = parse_object_url(location)
+        if bucket != self.bucket:
+            raise ValueError(f"{location} is not in the bucket {self.bucket}")
+        return ObjectRecords(self.client, bucket, prefix + RECORDS_SUFFIX + "/", self.endpoint)
+
     @property
     def notes(self) -> UploadNotes:
         if self._notes is None:
@@ -638,13 +693,10 @@ class ObjectStore:
         records = self._records()
         self._lock_token = uuid.uuid4().hex
         try:
-            self._lock_etag = records.write("lock", self._lock_body(), IfNoneMatch="*")
-        except botocore.exceptions.ClientError as exc:
-            if error_code(exc) not in ("PreconditionFailed", "ConditionalRequestConflict"):
-                raise
-            self._take_over(records)
+            etag = records.create("lock", self._lock_body())
         except SoftcopyError as exc:
             raise ConfigError(self.spec.location, "copy to destination", exc.problem) from exc
+        self._lock_etag = etag if etag is not None else self._take_over(records)
         self.records = records
         self._renewer = threading.Thread(target=self._renew, name="s3-lock", daemon=True)
         self._renewer.start()
@@ -668,15 +720,17 @@ class ObjectStore:
         holder.update(token=self._lock_token, renewed=time.time())
         return json.dumps(holder).encode()
 
-    def _take_over(self, records: ObjectRecords) -> None:
-        """Take a lock whose holder is gone (dead here, or silent for LEASE); else refuse."""
+    def _take_over(self, records: ObjectRecords) -> str:
+        """Take a lock whose holder is gone (dead here, or silent for LEASE): its new ETag;
+        else refuse."""
+        holder: Any = {}
+        etag = ""
         try:
-            answer = self.client.get_object(Bucket=self.bucket, Key=records.prefix + "lock")
-            holder = json.loads(answer["Body"].read())
-            etag = answer["ETag"]
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, ValueError):
-            holder, etag = {}, ""
-        if not isinstance(holder, dict) or not etag:
+            raw, etag = records.read_tagged("lock")
+            holder = json.loads(raw)
+        except (OSError, SoftcopyError, ValueError):
+            pass  # gone meanwhile, unreadable or damaged: replaced if it is still that one
+        if not isinstance(holder, dict) or not holder:
             stale = True
         else:
             here = holder.get("host") == socket.gethostname() and holder.get("boot") == _boot_id()
@@ -689,22 +743,23 @@ class ObjectStore:
                 self.spec.location, "copy to destination", f"{_BUSY} ({who}, lock "
                 f"{records.url('lock')})",
             )  # fmt: skip
-        conditions = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
-        try:
-            self._lock_etag = records.write("lock", self._lock_body(), **conditions)
-        except botocore.exceptions.ClientError:
-            raise ConfigError(self.spec.location, "copy to destination", _BUSY) from None
+        body = self._lock_body()
+        taken = records.replace("lock", body, etag) if etag else records.create("lock", body)
+        if taken is None:
+            raise ConfigError(self.spec.location, "copy to destination", _BUSY)
+        return taken
 
     def _renew(self) -> None:
         records = self._records()
         while not self._stop_renewing.wait(LEASE / 4):
             try:
-                self._lock_etag = records.write("lock", self._lock_body(), IfMatch=self._lock_etag)
-            except botocore.exceptions.ClientError:
-                self.lock_lost = f"the lock {records.url('lock')} was taken by another softcopy"
-                return
+                etag = records.replace("lock", self._lock_body(), self._lock_etag)
             except SoftcopyError:
                 continue  # unreachable for now: the lease allows a few misses
+            if etag is None:
+                self.lock_lost = f"the lock {records.url('lock')} was taken by another softcopy"
+                return
+            self._lock_etag = etag
 
     def create(self) -> bool:
         """Nothing to make (a prefix exists once an object does); True when it holds objects."""
@@ -1182,11 +1237,9 @@ class ObjectStore:
             self._renewer = None
         if self.records is not None:
             try:
-                self.client.delete_object(
-                    Bucket=self.bucket, Key=self.records.prefix + "lock", IfMatch=self._lock_etag
-                )
-            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
-                pass  # taken over, or unreachable: the lease runs out by itself
+                self.records.remove("lock", self._lock_etag)  # not if another took it over
+            except SoftcopyError:
+                pass  # unreachable: the lease runs out by itself
             self.records = None
 
 

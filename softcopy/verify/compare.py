@@ -36,6 +36,8 @@ _TEMPLATES = {
     "unreadable": "cannot read: {key}: {detail}",
     "manifest": "not in the manifest: {key}",
     "size list": "not in the size list: {key}",
+    "archive": "archive differs: {key}: {detail}",
+    "mode": "mode differs: {key} {against} {source} destination {destination}",
 }
 
 SOURCE, MANIFEST, SIZE_LIST = "source", "manifest", "size list"
