@@ -1,5 +1,10 @@
 """Packing a run folder: `softcopy copy --pack` against `tar | zstd -T0` and `tar | pigz`.
 
+With --compress, also `softcopy copy --compress zstd` (each file compressed on its own)
+into a folder against a shell loop of `zstd -1 -T1` per file, and with --s3 into a bucket
+of a loopback moto server (started here, as benchmarks/s3_libraries.py does), verification
+included in both.
+
 softcopy packs at its default level (1) on one thread; `zstd -T0` (level 3, every core)
 and `pigz` (level 6, every core) are what people type, `zstd -1 -T1` and `pigz -1` the
 same level as softcopy's. A FASTQ-like run folder (reads of random bases and
@@ -11,7 +16,7 @@ BLAKE3 compared); `softcopy verify ARCHIVE` is then timed alone: the time verifi
 adds. Tools run in turn, round by round, so they share the machine's load; the ratios
 are what to compare.
 
-    python benchmarks/pack.py [--mb 512] [--file-mb 64] [--rounds 2]
+    python benchmarks/pack.py [--mb 512] [--file-mb 64] [--rounds 2] [--compress [--s3]]
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 SOFTCOPY = [sys.executable, "-m", "softcopy"]
@@ -81,7 +87,11 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=512, help="source size in MB [512]")
     parser.add_argument("--file-mb", type=int, default=64, help="MB per file [64]")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--compress", action="store_true", help="add the --compress rows")
+    parser.add_argument("--s3", action="store_true", help="and --compress into a bucket")
+    parser.add_argument("--only-compress", action="store_true", help="no --pack rows")
     args = parser.parse_args()
+    args.compress = args.compress or args.s3 or args.only_compress
     for tool in ("zstd", "pigz", "tar"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (apt-get install {tool})")
@@ -93,65 +103,115 @@ def main() -> None:
         runs: dict[str, list[tuple[float, float, int]]] = {}
         out = base / "out"
 
-        def one(name: str, archive: Path, cmd: list[str] | str, shell: bool = False) -> None:
+        def one(
+            name: str, archive: Path | Callable[[], int], cmd: list[str] | str, shell: bool = False
+        ) -> None:
             if out.exists():
                 shutil.rmtree(out)
             out.mkdir()
             wall, cpu = timed(cmd, shell)
-            runs.setdefault(name, []).append((wall, cpu, archive.stat().st_size))
+            held = archive() if callable(archive) else archive.stat().st_size
+            runs.setdefault(name, []).append((wall, cpu, held))
 
-        src = str(run)
-        for _ in range(args.rounds):
-            one(
-                "softcopy --pack tar.zst",
-                out / "run.tar.zst",
-                [*SOFTCOPY, "-q", "copy", "--pack", "tar.zst", *RUN_OPTIONS, src,
-                 str(out / "run.tar.zst")],
-            )  # fmt: skip
-            verify_wall, verify_cpu = timed([*SOFTCOPY, "-q", "verify", str(out / "run.tar.zst")])
-            runs.setdefault("softcopy verify (tar.zst)", []).append(
-                (verify_wall, verify_cpu, (out / "run.tar.zst").stat().st_size)
-            )
-            one(
-                "tar | zstd -T0",
-                out / "run.tar.zst",
-                f"tar -C {run.parent} -cf - {run.name} | zstd -q -T0 -3 -o {out}/run.tar.zst",
-                shell=True,
-            )
-            one(
-                "tar | zstd -1 -T1",
-                out / "run.tar.zst",
-                f"tar -C {run.parent} -cf - {run.name} | zstd -q -T1 -1 -o {out}/run.tar.zst",
-                shell=True,
-            )
-            one(
-                "softcopy --pack tar.gz",
-                out / "run.tar.gz",
-                [*SOFTCOPY, "-q", "copy", "--pack", "tar.gz", *RUN_OPTIONS, src,
-                 str(out / "run.tar.gz")],
-            )  # fmt: skip
-            one(
-                "tar | pigz -1",
-                out / "run.tar.gz",
-                f"tar -C {run.parent} -cf - {run.name} | pigz -1 > {out}/run.tar.gz",
-                shell=True,
-            )
-            one(
-                "tar | pigz",
-                out / "run.tar.gz",
-                f"tar -C {run.parent} -cf - {run.name} | pigz > {out}/run.tar.gz",
-                shell=True,
-            )
+        server, endpoint = None, ""
+        if args.s3:
+            server, endpoint = _server(base)
+        try:
+            for n in range(args.rounds):
+                if args.compress:
+                    _compress_rows(one, run, out, endpoint, n)
+                if not args.only_compress:
+                    _pack_rows(one, run, out, runs)
+        finally:
+            if server is not None:
+                server.stdin.close()
+                server.wait()
         print(f"source: {size / 1e6:.0f} MB in {args.mb // args.file_mb} files; "
               f"{os.cpu_count()} CPUs; median of {args.rounds} rounds")  # fmt: skip
-        print(f"{'tool':28} {'wall s':>7} {'MB/s':>7} {'CPU s/GB':>9} {'ratio':>6}")
+        print(f"{'tool':34} {'wall s':>7} {'MB/s':>7} {'CPU s/GB':>9} {'ratio':>6}")
         for name, results in runs.items():
             wall = statistics.median(r[0] for r in results)
             cpu = statistics.median(r[1] for r in results)
             ratio = statistics.median(r[2] for r in results) / size
-            print(f"{name:28} {wall:7.2f} {size / 1e6 / wall:7.1f} {cpu / gb:9.2f} {ratio:6.3f}")
+            print(f"{name:34} {wall:7.2f} {size / 1e6 / wall:7.1f} {cpu / gb:9.2f} {ratio:6.3f}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def _server(base: Path) -> tuple[subprocess.Popen, str]:
+    from s3_libraries import BUCKET, CREDENTIALS, start_server
+
+    os.environ.update(CREDENTIALS)
+    os.environ.update(AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+    server, endpoint = start_server(dict(os.environ))
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+    return server, endpoint
+
+
+def _bucket_bytes(endpoint: str, prefix: str) -> int:
+    import boto3
+    from s3_libraries import BUCKET
+
+    pages = boto3.client("s3", endpoint_url=endpoint).get_paginator("list_objects_v2")
+    return sum(o["Size"] for p in pages.paginate(Bucket=BUCKET, Prefix=prefix + "/")
+               for o in p.get("Contents", ()))  # fmt: skip
+
+
+def _compress_rows(one: Callable, run: Path, out: Path, endpoint: str, n: int) -> None:
+    src = str(run)
+    one(
+        "softcopy --compress zstd (folder)",
+        lambda: tree_bytes(out / "run"),
+        [*SOFTCOPY, "-q", "copy", "--compress", "zstd", *RUN_OPTIONS, src, str(out / "run")],
+    )
+    one(
+        "zstd -1 -T1 per file",
+        lambda: tree_bytes(out / "run"),
+        f"cd {run} && find . -type f | while read -r f; do "
+        f'mkdir -p "{out}/run/$(dirname "$f")"; zstd -q -1 -T1 -c "$f" > "{out}/run/$f.zst"; done',
+        shell=True,
+    )
+    if endpoint:
+        from s3_libraries import BUCKET
+
+        prefix = f"run{n}"
+        one(
+            "softcopy --compress zstd (bucket)",
+            lambda: _bucket_bytes(endpoint, prefix),
+            [*SOFTCOPY, "-q", "copy", "--compress", "zstd", *RUN_OPTIONS, "--s3-endpoint",
+             endpoint, "--state-dir", str(out.parent / "state"), src, f"s3://{BUCKET}/{prefix}"],
+        )  # fmt: skip
+
+
+# The tools people type, and the same at softcopy's level: (row, archive, shell command).
+_TAR = "tar -C {parent} -cf - {name}"
+_TOOLS = [
+    ("tar | zstd -T0", "run.tar.zst", _TAR + " | zstd -q -T0 -3 -o {out}/run.tar.zst"),
+    ("tar | zstd -1 -T1", "run.tar.zst", _TAR + " | zstd -q -T1 -1 -o {out}/run.tar.zst"),
+    ("tar | pigz -1", "run.tar.gz", _TAR + " | pigz -1 > {out}/run.tar.gz"),
+    ("tar | pigz", "run.tar.gz", _TAR + " | pigz > {out}/run.tar.gz"),
+]
+
+
+def _pack_rows(one: Callable, run: Path, out: Path, runs: dict) -> None:
+    for fmt in ("tar.zst", "tar.gz"):
+        archive = out / f"run.{fmt}"
+        cmd = [*SOFTCOPY, "-q", "copy", "--pack", fmt, *RUN_OPTIONS, str(run), str(archive)]
+        one(f"softcopy --pack {fmt}", archive, cmd)
+        if fmt == "tar.zst":
+            wall, cpu = timed([*SOFTCOPY, "-q", "verify", str(archive)])
+            runs.setdefault("softcopy verify (tar.zst)", []).append(
+                (wall, cpu, archive.stat().st_size)
+            )
+    for name, archive, command in _TOOLS:
+        shell = command.format(parent=run.parent, name=run.name, out=out)
+        one(name, out / archive, shell, shell=True)
 
 
 if __name__ == "__main__":

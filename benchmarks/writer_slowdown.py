@@ -9,7 +9,13 @@ Copy lag, per chunk file: the destination's rename time (its ctime) minus the
 source's last write (its mtime); p50 and p95 over every chunk of the run.
 
     python benchmarks/writer_slowdown.py [--timepoints 5] [--rounds 1] [--formats v3,v2]
-                                         [--dir DIR] [-- extra softcopy copy options]
+                                         [--dir DIR] [--copy-dir DIR]
+                                         [-- extra softcopy copy options]
+
+`--copy-dir` puts the copies on another filesystem than the writer's (an acquisition
+machine copies to a network or another disk; `--copy-dir /dev/shm` here, where there
+is one disk): the writer then competes with softcopy for the CPUs and the source disk's
+reads only, not for the same disk's writes.
 
 The default run (both formats, one round of 5 timepoints) takes under two minutes on
 a disk; use `--rounds 5 --timepoints 20` for numbers worth quoting.
@@ -97,7 +103,7 @@ def lags(src: Path, dst: Path) -> list[float]:
     return found
 
 
-def one_format(base: Path, fmt: str, args: argparse.Namespace, env: dict) -> None:
+def one_format(base: Path, copies: Path, fmt: str, args: argparse.Namespace, env: dict) -> None:
     alone: list[float] = []
     copied: list[float] = []
     all_lags: list[float] = []
@@ -106,7 +112,7 @@ def one_format(base: Path, fmt: str, args: argparse.Namespace, env: dict) -> Non
         src = base / f"alone-{fmt}-{i}.zarr"
         alone += write(src, fmt, args.timepoints, 1.0)
         shutil.rmtree(src)
-        src, dst = base / f"src-{fmt}-{i}.zarr", base / f"dst-{fmt}-{i}.zarr"
+        src, dst = base / f"src-{fmt}-{i}.zarr", copies / f"dst-{fmt}-{i}.zarr"
         log = base / "softcopy.log"
         with log.open("w") as err:
             copier = subprocess.Popen(
@@ -146,14 +152,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--formats", default="v3,v2")
     parser.add_argument("--dir", help="where to write (default: the system's temporary folder)")
+    parser.add_argument("--copy-dir", help="where the copies go (default: beside the source)")
     parser.add_argument("extra", nargs="*", help="options for `softcopy copy` (after --)")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="softcopy-writer-", dir=args.dir))
+    copies = Path(tempfile.mkdtemp(prefix="softcopy-copies-", dir=args.copy_dir or base))
     env = {**os.environ, "XDG_STATE_HOME": str(base / "state")}
     try:
         for fmt in args.formats.split(","):
-            one_format(base, fmt, args, env)
+            one_format(base, copies, fmt, args, env)
     finally:
+        shutil.rmtree(copies, ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)
 
 

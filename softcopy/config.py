@@ -83,16 +83,6 @@ def _packing_checked(cfg: TargetConfig, where: str) -> TargetConfig:
                 continue
             place = option_place(where, name, rows)
             raise ConfigError(place, "read option", "it applies to packed copies: add --pack")
-        return cfg
-    for name in ("include", "exclude"):
-        if getattr(cfg, name):
-            place = option_place(where, name, rows)
-            raise ConfigError(
-                place, "read option", "an archive holds the whole run: --pack takes no "
-                "--include or --exclude",
-            )  # fmt: skip
-    if cfg.dry_run:
-        raise ConfigError(cfg.destination, "pack", "--dry-run does not apply to --pack yet")
     return cfg
 
 

@@ -44,6 +44,11 @@ class ConfigError(SoftcopyError):
     exit_code = EXIT_USAGE
 
 
+class DestinationBusy(ConfigError):
+    """Another softcopy holds the destination's lock (exit 2 from the command line; a
+    watcher waits for it, as for a lock left by a process on another host that died)."""
+
+
 class MetadataError(SoftcopyError):
     """Zarr metadata that is missing or does not parse (exit 2: fix the input, not the run)."""
 

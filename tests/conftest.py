@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import filecmp
 import os
 import subprocess
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+from softcopy.sources.pressure import BUSY_CPU_ENV
 
 # Two shared cores: an example's time says nothing about the code, so no deadline.
 settings.register_profile("softcopy", deadline=None)
@@ -39,6 +42,40 @@ def start(cmd: list[str], **kw) -> subprocess.Popen:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
     _started.append(proc)
     return proc
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """Under pytest-xdist, a test marked `alone` runs while no other worker runs one: it
+    loads the whole machine (CPU or I/O pressure, which pauses every other copy) or sets
+    something the kernel shares (a sysctl). Every other test holds the lock shared. The
+    turnstile lets a waiting `alone` test in before later shared ones (no starvation).
+    Held around the whole test, fixtures included, and outside its timeout and its
+    durations: waiting for the other worker's test is neither a hang nor this test's time."""
+    basetemp = item.config.option.basetemp
+    if "PYTEST_XDIST_WORKER" not in os.environ or not basetemp:
+        return (yield)
+    # Each worker's basetemp is a child of the session's: the locks are the session's.
+    session_dir = Path(basetemp).parent
+    alone = item.get_closest_marker("alone") is not None
+    with (
+        open(session_dir / "machine.turnstile", "a") as turnstile,
+        open(session_dir / "machine.lock", "a") as lock,
+    ):
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        return (yield)  # closing the files lets the lock go
+
+
+@pytest.fixture(autouse=True)
+def _no_pause_for_busy_cpus(monkeypatch):
+    """Other tests' processes (the other xdist worker's) keep the CPUs busy at times, and
+    softcopy pauses its copiers when others wait for a CPU: no copy here waits for another
+    test's load. The tests of that back-off set their own threshold (test_priority.py)."""
+    monkeypatch.setenv(BUSY_CPU_ENV, "101")  # above 100 %: never
 
 
 @pytest.fixture(autouse=True)

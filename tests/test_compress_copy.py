@@ -176,7 +176,6 @@ def test_a_rerun_with_another_method_leaves_only_the_new_copy(tmp_path):
     [
         ("unrelated", "holding other things"),  # config.py: the folder to copy into
         ("a partial copy", "its records do not say"),  # shares names: not ours either
-        ("s3://bucket/run0042", "not built yet"),
     ],
 )
 def test_bad_input_is_one_paragraph_and_exit_2(tmp_path, dest, says):
@@ -193,6 +192,40 @@ def test_bad_input_is_one_paragraph_and_exit_2(tmp_path, dest, says):
     assert says in done.stderr and str(dest) in done.stderr and "Traceback" not in done.stderr
     if held:
         assert sorted(p.name for p in dest.iterdir()) == held
+
+
+def test_exclude_leaves_files_out_and_verify_honours_it(tmp_path):
+    run = make_run(tmp_path / "src", fastq_kb=4)
+    (run / "Logs").mkdir()
+    (run / "Logs" / "run.log").write_text("still written by the instrument\n")
+    dest = tmp_path / "dst" / "run0042"
+    done = compress(run, dest, "gzip", "--exclude", "Logs*", "--exclude", "RunInfo.xml")
+    assert done.returncode == 0, done.stderr
+    assert not (dest / "Logs").exists() and not (dest / "RunInfo.xml").exists()
+    assert (dest / "Data" / "s_1.fastq.gz").is_file() and (dest / "CopyComplete.txt").is_file()
+    (run / "Logs" / "run.log").write_text("and more\n")  # excluded: not the copy's business
+    checked = run_softcopy("verify", run, dest)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_dry_run_says_what_each_file_becomes_and_writes_nothing(tmp_path):
+    run = make_run(tmp_path / "src", fastq_kb=4)
+    dest = tmp_path / "dst" / "run0042"
+    planned = compress(run, dest, "gzip", "-n", "-v")
+    assert planned.returncode == 0, planned.stderr
+    lines = planned.stdout.splitlines()
+    assert any(line.split()[0] == "compress" and "Data/s_1.fastq" in line for line in lines)
+    assert any(line.split()[0] == "copy" and "RunInfo.xml" in line for line in lines)
+    assert not dest.exists() and not records(dest, "target.json").exists()
+    assert compress(run, dest).returncode == 0
+    (run / "Data" / "s_2.fastq").write_text("@r0\nACGT\n+\nIIII\n")
+    again = compress(run, dest, "gzip", "-n", "-v")
+    assert again.returncode == 0, again.stderr
+    assert "to copy:     1 file " in again.stdout, again.stdout
+    assert "trusted:     4 files (its records say" in again.stdout, again.stdout
+    assert any(
+        line.split()[0] == "compress" and "s_2.fastq" in line for line in again.stdout.splitlines()
+    )
 
 
 def test_watch_compresses_each_run(tmp_path):

@@ -79,6 +79,7 @@ def test_files_in_a_directory_created_while_frozen_are_found(unfinished) -> None
     assert_same_tree(src, dst)
 
 
+@pytest.mark.alone  # the queue limit is the kernel's: every new inotify instance gets it
 @pytest.mark.skipif(not os.access(QUEUE_LIMIT, os.W_OK), reason="needs a writable inotify sysctl")
 def test_queue_overflow_triggers_a_full_rescan(unfinished) -> None:
     src, dst = unfinished

@@ -46,6 +46,11 @@ def certificate(archive: Path | str) -> dict:
     return json.loads(Path(f"{archive}.softcopy/certificate.json").read_text())
 
 
+def tar_names(archive: Path) -> list[str]:
+    with tarfile.open(archive) as tar:
+        return tar.getnames()
+
+
 def pack(run: Path, archive: Path | str, *args: object) -> subprocess.CompletedProcess:
     return run_softcopy("copy", "--pack", *args, *RUN_OPTIONS, run, archive)
 
@@ -330,7 +335,6 @@ def test_unpack_restores_and_refuses_a_hostile_archive(tmp_path):
         (("--pack", "tar", "--encrypt", "rot13:x"), "rot13"),
         (("--pack", "tar", "--encrypt", "gpg:NO-SUCH-KEY-0000"), "NO-SUCH-KEY-0000"),
         (("--encrypt", "age:age1x"), "--pack"),
-        (("--pack", "tar", "--include", "*.fastq"), "--include"),
     ],
 )
 def test_bad_input_is_one_paragraph_and_exit_2(tmp_path, args, says, monkeypatch):
@@ -342,6 +346,51 @@ def test_bad_input_is_one_paragraph_and_exit_2(tmp_path, args, says, monkeypatch
     assert done.returncode == 2, done.stdout + done.stderr
     assert says in done.stderr and "Traceback" not in done.stderr
     assert not archive.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_include_and_exclude_choose_the_members_and_verify_honours_them(tmp_path):
+    run = make_run(tmp_path / "src")
+    (run / "Thumbnail_Images" / "L001").mkdir(parents=True)
+    (run / "Thumbnail_Images" / "L001" / "s_1_a.jpg").write_bytes(b"\xff\xd8" * 1000)
+    archive = tmp_path / "run0042.tar"
+    done = pack(run, archive, "tar", "--exclude", "Thumbnail_Images*", "--exclude", "empty")
+    assert done.returncode == 0, done.stderr
+    names = set(tar_names(archive))
+    assert "run0042/CopyComplete.txt" in names and "run0042/Data/latest" in names
+    assert not {n for n in names if "Thumbnail" in n or n.endswith("/empty")}, names
+    cert = certificate(archive)
+    assert cert["exclude"] == ["Thumbnail_Images*", "empty"]
+    assert run_softcopy("verify", run, archive).returncode == 0  # the excluded are not "extra"
+    (run / "Thumbnail_Images" / "L001" / "s_1_b.jpg").write_bytes(b"late")
+    assert run_softcopy("verify", run, archive).returncode == 0
+    (run / "RunInfo.xml").write_text("<RunInfo changed='yes'/>\n")
+    assert run_softcopy("verify", run, archive).returncode == 1
+
+    # --include: only what it names, the folders that lead there, and the sentinel.
+    only = tmp_path / "only.tar"
+    done = pack(run, only, "tar", "--include", "Data/Intensities/*")
+    assert done.returncode == 0, done.stderr
+    assert sorted(tar_names(only)) == [
+        "run0042", "run0042/CopyComplete.txt", "run0042/Data", "run0042/Data/Intensities",
+        "run0042/Data/Intensities/s_1.fastq",
+    ]  # fmt: skip
+
+
+def test_a_dry_run_lists_each_member_and_writes_nothing(tmp_path):
+    run = make_run(tmp_path / "src")
+    archive = tmp_path / "out" / "run0042.tar.zst"
+    planned = run_softcopy("copy", "-n", "-v", "--pack", "tar.zst", *RUN_OPTIONS, run, archive)
+    assert planned.returncode == 0, planned.stderr
+    assert "pack" in planned.stdout and "Data/Intensities/s_1.fastq" in planned.stdout
+    assert "to copy:     4 files" in planned.stdout, planned.stdout
+    assert not archive.parent.exists()
+    assert pack(run, archive, "tar.zst").returncode == 0
+    again = run_softcopy("copy", "-n", "--pack", "tar.zst", *RUN_OPTIONS, run, archive)
+    assert again.returncode == 0 and "trusted:     4 files" in again.stdout, again.stdout
+    other = tmp_path / "other.tar"
+    other.write_bytes(b"someone else's")
+    refused = run_softcopy("copy", "-n", "--pack", "tar", *RUN_OPTIONS, run, other)
+    assert refused.returncode == 2 and "never replaces" in refused.stderr
 
 
 def test_an_existing_destination_is_never_replaced(tmp_path):
@@ -385,8 +434,13 @@ def test_watch_packs_each_run_once(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "packing it" not in again.stderr
 
-    refused = run_softcopy(*args, "--release-after", "1d")
-    assert refused.returncode == 2 and "packed or compressed copy" in refused.stderr
+    # Done runs are released (0 s ago counts): each source goes, its archive stays.
+    freed = run_softcopy(*args, "--release-after", "0s")
+    assert freed.returncode == 0, freed.stderr
+    assert not (root / "runA").exists() and not (root / "runB").exists(), freed.stderr
+    for name in ("runA", "runB"):
+        assert run_softcopy("verify", dest / f"{name}.tar.zst").returncode == 0
+        assert json.loads(Path(f"{dest}/{name}.tar.zst.softcopy/released.json").read_text())
 
 
 def test_a_rerun_never_certifies_an_archive_that_no_longer_matches(tmp_path):

@@ -120,6 +120,7 @@ def test_a_copy_goes_on_at_nice_19_where_sched_idle_is_refused(tmp_path: Path) -
 # ---- CPU pressure ---------------------------------------------------------------------------
 
 
+@pytest.mark.alone
 @needs_psi
 def test_cpu_pressure_is_read_from_the_kernel_and_rises_under_load() -> None:
     total = psi_some_total()
@@ -135,6 +136,7 @@ def test_cpu_pressure_is_read_from_the_kernel_and_rises_under_load() -> None:
     assert later is not None and later > total
 
 
+@pytest.mark.alone
 @needs_psi
 def test_waits_of_softcopys_own_processes_are_not_pressure() -> None:
     """Copiers at SCHED_IDLE wait whenever anyone else computes: counting that as
@@ -169,6 +171,7 @@ def tmpfs_source(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+@pytest.mark.alone
 @needs_psi
 def test_busy_cpus_pause_the_copiers_and_the_reason_names_the_cpus(
     tmp_path: Path, tmpfs_source: Path

@@ -160,6 +160,7 @@ def test_durations_read_as_people_say_them() -> None:
 # ---- a busy disk delays only copying ------------------------------------------------------
 
 
+@pytest.mark.alone
 def test_a_busy_disk_does_not_delay_a_rerun_with_nothing_to_copy(
     tmp_path: Path,
     loop_source: Path,  # noqa: F811

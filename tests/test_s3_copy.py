@@ -296,12 +296,13 @@ def _tiles(root: Path) -> Path:
     return root
 
 
+# A copy slowed by --max-rate, so that an outage comes mid-copy.
+_THROUGH = ("--kind", "directory", "--sentinel", "CopyComplete.txt", "--sentinel-min-age", "0",
+            "--ready-age", "0", "--max-rate", "256k")  # fmt: skip
+
+
 def _copy_through(outage: s3server.Outage, src: Path, dst: str):
-    return start_softcopy(
-        "copy", src, dst, "--kind", "directory", "--sentinel", "CopyComplete.txt",
-        "--sentinel-min-age", "0", "--ready-age", "0", "--max-rate", "256k",
-        "--s3-endpoint", outage.url,
-    )  # fmt: skip
+    return start_softcopy("copy", src, dst, *_THROUGH, "--s3-endpoint", outage.url)
 
 
 def _a_tile_is_up(bucket: str, prefix: str) -> bool:
@@ -331,9 +332,16 @@ def test_a_server_gone_for_good_fails_naming_each_key(
     bucket: str, s3_server: str, tmp_path: Path
 ) -> None:
     src = _tiles(tmp_path / "run")
+    # Two attempts per file, not five: still a retry with back-off, then given up on, in
+    # half the time (each attempt is boto3's own retries, seconds of back-off). Only a
+    # targets file sets max_attempts.
+    targets = tmp_path / "t.yaml"
+    targets.write_text(
+        f"targets:\n  - source: {src}\n    destination: s3://{bucket}/gone\n    max_attempts: 2\n"
+    )
     outage = s3server.Outage(s3_server)
     try:
-        copier = _copy_through(outage, src, f"s3://{bucket}/gone")
+        copier = start_softcopy("run", targets, *_THROUGH, "--s3-endpoint", outage.url)
         wait_for(lambda: _a_tile_is_up(bucket, "gone"), what="a tile uploaded", proc=copier)
         outage.cut()
         rc, _, err = finish(copier)

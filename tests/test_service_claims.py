@@ -10,6 +10,7 @@ import shlex
 import signal
 import socket
 import sqlite3
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -38,6 +39,8 @@ IDLE = ("--idle-timeout", "1")
 # A zarr acquisition still being written when a watcher is killed or stopped.
 LIVE = ("--timepoints", "40", "--interval", "0.3", "--shape", "2,32,32", "--chunks",
         "1,16,16", "--complete")  # fmt: skip
+# The same, shorter: held_acquisition keeps it from ending before the test lets it.
+SHORT_LIVE = ("--timepoints", "16", *LIVE[2:])
 
 
 # ---- making runs --------------------------------------------------------------------------
@@ -63,6 +66,25 @@ def zarr_run(root: Path, name: str, *args: object) -> Path:
     rc, _, err = finish(start_simulator(path, *args))
     assert rc == 0, err
     return path
+
+
+def held_acquisition(path: Path) -> subprocess.Popen:
+    """A live zarr acquisition, stopped (SIGSTOP) once its first files exist: it is still
+    under way when the test sends SIGCONT, however slow the machine was meanwhile. Then
+    it writes for seconds more (SHORT_LIVE), not for as long as a slow machine might need."""
+    sim = start_simulator(path, *SHORT_LIVE)
+    wait_for(lambda: copied_files(path) >= 5, what="the acquisition's first files", proc=sim)
+    sim.send_signal(signal.SIGSTOP)
+    assert sim.poll() is None, "the acquisition ended before it was held"
+    return sim
+
+
+def copying_again(sim: subprocess.Popen, dst: Path, proc: subprocess.Popen) -> None:
+    """Let the held acquisition go on, and return once the watcher copies what it writes:
+    what comes next happens while both write."""
+    before = copied_files(dst)
+    sim.send_signal(signal.SIGCONT)
+    wait_for(lambda: copied_files(dst) > before, what="the copy to go on", proc=proc)
 
 
 def broken_zarr_run(root: Path, name: str) -> Path:
@@ -231,7 +253,7 @@ def test_a_killed_watchers_run_is_taken_over_at_once_and_finished(
 ) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
-    sim = start_simulator(src / "live.zarr", *LIVE)
+    sim = held_acquisition(src / "live.zarr")
     first = watch(src, dst, tmp_path / "st-a")
     wait_for(lambda: claimed_by(dst, "live.zarr", first.pid), what="the first claim", proc=first)
     wait_for(lambda: copied_files(dst / "live.zarr") >= 5, what="a copy under way", proc=first)
@@ -248,6 +270,7 @@ def test_a_killed_watchers_run_is_taken_over_at_once_and_finished(
         assert claimed_by(dst, "live.zarr", first.pid), "B took a live watcher's claim"
     copiers = children(first.pid)
     assert copiers, "the watcher has no copier processes to leave behind"
+    copying_again(sim, dst / "live.zarr", first)  # killed while it copies what is written
     first.send_signal(signal.SIGKILL)
     finish(first)
     # Nothing of the killed watcher's may go on writing beside its successor.
@@ -518,10 +541,11 @@ def test_failing_hanging_and_chatty_hooks_never_change_a_runs_state(tmp_path: Pa
 def test_sigterm_mid_copy_releases_the_claim_and_the_run_resumes(tmp_path: Path) -> None:
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "st"
     src.mkdir()
-    sim = start_simulator(src / "live.zarr", *LIVE)
+    sim = held_acquisition(src / "live.zarr")
     first = watch(src, dst, state)
     wait_for(lambda: claimed_by(dst, "live.zarr", first.pid), what="the claim", proc=first)
     wait_for(lambda: copied_files(dst / "live.zarr") >= 5, what="a copy under way", proc=first)
+    copying_again(sim, dst / "live.zarr", first)
     # The acquisition pauses (SIGSTOP) while the watcher stops, so that it is certainly
     # still under way when the run resumes, however long the stop takes on a busy machine.
     sim.send_signal(signal.SIGSTOP)

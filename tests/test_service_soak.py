@@ -28,6 +28,7 @@ ALLOWED_GROWTH_MIB = 1.5
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # CPU-bound: beside another worker it takes three times as long
 @pytest.mark.timeout(900)
 def test_four_hundred_tiny_runs_are_all_done_with_flat_memory(tmp_path: Path) -> None:
     result = watch_soak.soak(RUNS, max_runs=4, nprocs=1, workdir=tmp_path)

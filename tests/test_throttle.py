@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import replace
@@ -115,14 +114,20 @@ def test_a_run_wide_max_rate_is_shared_by_all_targets(tmp_path: Path) -> None:
         total += sum(tree_files(src).values())
         lines += [f"  - source: {src}", f"    destination: {tmp_path / f'dst{i}.zarr'}"]
     (tmp_path / "t.yaml").write_text("\n".join(lines) + "\n")
-    buckets_before = set(Path(tempfile.gettempdir()).glob("softcopy-rate-*"))
+    # The shared budget is a file in the temporary directory: a private one, so another
+    # test's run (another xdist worker) cannot add or remove one meanwhile.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     started = time.monotonic()
-    rc, _, err = finish(start_softcopy("run", tmp_path / "t.yaml", "--max-rate", "1M"))
+    proc = start_softcopy(
+        "run", tmp_path / "t.yaml", "--max-rate", "1M", env={**os.environ, "TMPDIR": str(tmp)}
+    )
+    rc, _, err = finish(proc)
     elapsed = time.monotonic() - started
     assert rc == 0, err
     # Two targets, one budget: together never above 1 MB/s (each alone could be).
     assert total <= 1e6 * (elapsed + 0.1), f"{total / elapsed / 1e6:.2f} MB/s over 1 MB/s"
-    assert set(Path(tempfile.gettempdir()).glob("softcopy-rate-*")) == buckets_before
+    assert list(tmp.iterdir()) == [], "the budget file is left behind"
 
 
 def test_copiers_run_at_idle_io_and_lowest_cpu_priority(tmp_path: Path) -> None:
@@ -156,6 +161,7 @@ def loop_source(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+@pytest.mark.alone
 def test_copiers_pause_while_the_source_disk_is_busy(tmp_path: Path, loop_source: Path) -> None:
     """A writer hammers the acquisition disk with O_DIRECT writes: softcopy pauses until
     it stops, then finishes. (It measures its own loop device, never the root disk.)"""

@@ -34,6 +34,8 @@ _NOATIME = getattr(os, "O_NOATIME", 0)
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | _NOATIME
 _OPEN_DIRS = 256
 
+Keep = Callable[[str], bool]  # whether a path under the source is taken
+
 
 class DamagedArchive(SoftcopyError):
     """The archive's bytes are wrong (a bad tar header, a failed checksum, a cut)."""
@@ -167,14 +169,33 @@ def walk_tree(dirs: TreeDirs, run: bytes) -> tuple[list[Entry], list[str]]:
     return entries, skipped
 
 
-def list_source(source: Path, run_name: str) -> tuple[list[Entry], list[str]]:
-    """Everything under `source` to pack under `run_name/`, sorted by archive path bytes,
-    never following a link (the run folder itself included), and the archive paths of
-    what cannot be packed (fifos, sockets, devices), for warnings."""
+def select_entries(entries: list[Entry], keep: Keep | None) -> list[Entry]:
+    """The entries `keep` takes by their path under the source (the run folder always):
+    a file or link if kept, a folder if kept or if anything kept is inside it."""
+    if keep is None:
+        return entries
+    chosen = [e for e in entries if not e.relative or keep(os.fsdecode(e.relative))]
+    needed = set()
+    for e in chosen:
+        parent = e.relative.rpartition(b"/")[0]
+        while parent and parent not in needed:
+            needed.add(parent)
+            parent = parent.rpartition(b"/")[0]
+    taken = {e.relative for e in chosen} | needed
+    return [e for e in entries if e.relative in taken or not e.relative]
+
+
+def list_source(
+    source: Path, run_name: str, keep: Keep | None = None
+) -> tuple[list[Entry], list[str]]:
+    """Everything under `source` to pack under `run_name/` (what `keep` takes), sorted by
+    archive path bytes, never following a link (the run folder itself included), and the
+    archive paths of what cannot be packed (fifos, sockets, devices), for warnings."""
     run = _check_run_name(run_name)
     dirs = TreeDirs(source)
     try:
-        return walk_tree(dirs, run)
+        entries, skipped = walk_tree(dirs, run)
+        return select_entries(entries, keep), skipped
     finally:
         dirs.close()
 
@@ -301,6 +322,7 @@ def write_tar(
     source: Path,
     run_name: str,
     pace: Callable[[int], None] | None = None,
+    keep: Keep | None = None,
 ) -> tuple[list[Member], list[str]]:
     """Write the whole tar of `source` under `run_name/` to `stream`; the members written
     (with each file's BLAKE3, computed on the one read) and the paths skipped.
@@ -314,7 +336,7 @@ def write_tar(
     out = _Tell(stream)
     try:
         entries, skipped = walk_tree(dirs, run)
-        for entry in entries:
+        for entry in select_entries(entries, keep):
             path = os.fsdecode(entry.archive)
             st = entry.st
             kind = _kind(st.st_mode)

@@ -39,8 +39,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "retry": ("watch", "retry", "Put the failed RUN (its path under the source root, or its "
               "source) back in the queue of the watcher that found it: it is copied again, "
               "with fresh attempts."),
-    "release": ("release", "release", "Free the source of the finished copy at DESTINATION "
-                "when provably safe."),
+    "release": ("release", "release", "Free the source of the finished copy (or archive) at "
+                "DESTINATION when provably safe."),
     "verify": ("verify", "verify", "Check a copy: `verify SOURCE DESTINATION`, or `verify "
                "DESTINATION` against its records."),
     "unpack": ("archive", "unpack", "Restore a packed copy into DIRECTORY, every member "

@@ -103,6 +103,7 @@ def _packing(cert: dict) -> Any:
 def verify_archive(texts: tuple[str, ...], store: dict) -> tuple[Verification, str]:
     """`verify [SOURCE] ARCHIVE`: findings and the words saying how it was compared."""
     from ..archives.check import compare
+    from ..engine.finished import keep_of
     from ..engine.pack import check_archive, members_of_source
     from ..verify.compare import Finding, Verification
 
@@ -129,7 +130,7 @@ def verify_archive(texts: tuple[str, ...], store: dict) -> tuple[Verification, s
     )
     if len(texts) == 2:
         run_name = expected[0].path.split("/", 1)[0] if expected else ""
-        source = members_of_source(Path(texts[0]), run_name)
+        source = members_of_source(Path(texts[0]), run_name, keep_of(cert))
         findings += [
             Finding("archive", texts[0], f"source and manifest differ: {p}")
             for p in compare(source, expected)

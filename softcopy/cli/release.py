@@ -23,7 +23,9 @@ guess); it was made with --hash and its manifest is the certified one; the
 destination, re-read from its device, matches the manifest; the source is the
 copied directory and every file has the version the journal recorded (with
 --rehash, also its content); no softcopy is copying it now. Otherwise every
-reason is listed.
+reason is listed. DESTINATION may be a packed archive or a compressed copy: their own
+records are checked (an archive's members verified where it is stored, its bytes
+re-read), and the source always by content.
 Exit codes: 0 released (or, with --dry-run, would be), 1 refused, 2 usage error."""
 
 
@@ -62,7 +64,7 @@ def release(
     state_dir: Path | None,
     as_json: bool,
 ) -> None:
-    """Free the source of the finished copy at DESTINATION when provably safe."""
+    """Free the source of the finished copy (or archive) at DESTINATION when provably safe."""
     from ..service.release import release as release_source
 
     def body() -> int:

@@ -62,7 +62,8 @@ def plan_text(
             "kept if identical, copied if not)"
         )
     if "files_trusted" in plan:
-        lines.append(f"  trusted:     {files('files_trusted')} (the journal says they are copied)")
+        because = plan.get("trusted_because") or "the journal says they are copied"
+        lines.append(f"  trusted:     {files('files_trusted')} ({because})")
     lines.append(f"  to delete:   {files('files_to_delete')}")
     if plan.get("extras_kept"):
         lines.append(

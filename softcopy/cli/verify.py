@@ -151,8 +151,9 @@ def _verify(
         return _report(result, mode, started, as_json)
     from .compressed import compressed_named, verify_compressed
 
-    if compressed_named(texts[-1]):
-        return _report(*verify_compressed(texts), started, as_json)
+    endpoint = (store or {}).get("endpoint_url", "")
+    if compressed_named(texts[-1], endpoint):
+        return _report(*verify_compressed(texts, endpoint), started, as_json)
     if is_object_store(texts[-1]):
         result, mode = _verify_object_store(
             texts, hashes, decode, manifest, workers, Selection("", (), include, exclude), store

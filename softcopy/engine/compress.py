@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from blake3 import blake3
 
@@ -45,18 +46,19 @@ from ..archives.members import (
     copy_blocks,
     open_source_file,
     same_file,
+    select_entries,
     walk_tree,
 )
 from ..archives.pipeline import DEFAULT_LEVEL, DEFAULT_THREADS, packer
 from ..config import TargetConfig
-from ..errors import ConfigError, SoftcopyError, from_os_error
+from ..errors import ConfigError, DestinationBusy, SoftcopyError, from_os_error
 from ..locations import is_object_store
 from ..names import json_record, name_from_json, shown
 from ..sources.scan import Version
 from ..sources.select import Selection
-from ..state.journal import Journal, default_state_dir
 from ..state.records import LINK_PROBLEM, Records, describe, open_directory, records_dir
 from ..states import State
+from ..verify.compare import Verification
 from ..verify.manifest import CERTIFICATE, MANIFEST, format_line
 from .claim import previous_target, source_identity
 from .end import _iso, write_certificate_to, write_json, write_summary
@@ -83,7 +85,13 @@ def compress_target(
     events: Callable[[dict], None] | None = None,
     run_rate: tuple[str, float] | None = None,
 ) -> Summary:
-    return run_job(_Compress(cfg, stop or StopSignal(), events, run_rate))
+    job = _Compress
+    if is_object_store(str(cfg.destination)):
+        # Into a bucket: compress_bucket.py, which builds on this module.
+        from .compress_bucket import CompressToBucket
+
+        job = CompressToBucket
+    return run_job(job(cfg, stop or StopSignal(), events, run_rate))
 
 
 class _Plan:
@@ -126,55 +134,19 @@ class _Compress(FinishedJob):
 
     # ---- before ------------------------------------------------------------------------
 
-    def _refuse_unbuilt(self) -> None:
-        cfg = self.cfg
-        if is_object_store(self.location):
-            raise ConfigError(
-                self.location, "compress to destination", "--compress to an object store is "
-                "not built yet: copy to a folder, or pack the run (--pack tar.zst)",
-            )  # fmt: skip
-        for name in ("include", "exclude"):
-            if getattr(cfg, name):
-                raise ConfigError(
-                    f"--{name}", "compress", "--compress copies the whole run: --include and "
-                    "--exclude with it are not built yet (--compress-include chooses what is "
-                    "compressed)",
-                )  # fmt: skip
-        if cfg.dry_run:
-            raise ConfigError(
-                self.location, "compress", "--dry-run with --compress is not built yet"
-            )
-
     def _run(self) -> None:
-        self._refuse_unbuilt()
         kind = self._begin()
-        try:
-            self.dest.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise from_os_error(exc, "create the destination's folder", self.dest.parent) from exc
-        records = Records.open(records_dir(self.dest))
-        assert records is not None
+        if self.cfg.dry_run:
+            return self._dry_run()
+        records = self._open_records()
         self.records = records
         try:
-            if not records.lock():
-                raise ConfigError(
-                    self.dest, "compress to destination", "another softcopy is writing it"
-                )
             self._claim(records)
-            records.remove_stale_temporaries()
-            self.journal = Journal(
-                self.cfg.state_dir or default_state_dir(),
-                self.src,
-                self.location,
-                reset_damaged=self.cfg.reset_journal,
-            )
-            for name in _STALE:  # a certificate must never outlive the copy it certified
-                records.unlink(name)
-            self._state(State.WAITING)
-            view = self._wait_for_end(kind)
+            self._tidy(records)
+            self._open_journal()
+            assert self.journal is not None
+            view = self._finished_source(kind, records, _STALE, "the copy")
             if view is None:
-                self.summary.error = "stopped before the copy was made; run again"
-                self._state(State.INTERRUPTED, self.summary.error)
                 return
             self._state(State.COPYING)
             entries, skipped = self._compress(view)
@@ -188,42 +160,126 @@ class _Compress(FinishedJob):
             self.journal.checkpoint(copied, [], {}, {"files_copied": len(files)})
             self._state(State.DONE)
         finally:
+            self._close_records()
+
+    # The destination's own steps: a local folder here, a bucket in compress_bucket.py.
+
+    def _open_records(self) -> Records:
+        """DEST.softcopy, created and locked against another run."""
+        try:
+            self.dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise from_os_error(exc, "create the destination's folder", self.dest.parent) from exc
+        records = Records.open(records_dir(self.dest))
+        assert records is not None
+        if not records.lock():
             records.close()
+            raise DestinationBusy(
+                self.dest, "compress to destination", "another softcopy is writing it"
+            )
+        return records
+
+    def _tidy(self, records: Records) -> None:
+        records.remove_stale_temporaries()
+
+    def _close_records(self) -> None:
+        if self.records is not None:
+            self.records.close()
             self.records = None
 
     def _claim(self, records: Records) -> None:
         """Ours: a destination missing or empty, or one whose records say it is the
         compressed copy of this source; anything else is refused before it is touched."""
-        previous = previous_target(records)
+        if self._owned(previous_target(records)):
+            self._read_done(records)
+            return
+        held = self._held_names()
+        if held:
+            raise self._foreign(held)
+        records.unlink(DONE)
         identity = source_identity(self.src)
-        if isinstance(previous, dict) and previous.get("compressed"):
-            same = previous.get("source") == self.src
-            if same and previous.get("source_identity") in (None, identity):
-                self._read_done(records)
-                return
+        record = {"source": self.src, "source_identity": identity, "compressed": self.method}
+        write_json(records / TARGET, json_record(record))
+
+    def _owned(self, previous: dict | None) -> bool:
+        """Whether the destination's target record says it is this source's compressed copy."""
+        if not (isinstance(previous, dict) and previous.get("compressed")):
+            return False
+        same = previous.get("source") == self.src
+        return same and previous.get("source_identity") in (None, source_identity(self.src))
+
+    def _held_names(self) -> list[str]:
+        """What the destination folder holds (nothing when it does not exist)."""
         if os.path.islink(self.dest):
             raise ConfigError(self.dest, "compress to destination", LINK_PROBLEM)
         try:
             with os.scandir(self.dest) as it:
-                held = sorted(e.name for e in it)
+                return sorted(e.name for e in it)
         except FileNotFoundError:
-            held = []
+            return []
         except OSError as exc:
             if exc.errno in (errno.ENOTDIR, errno.ELOOP):
                 raise ConfigError(
                     self.dest, "compress to destination", describe(self.dest)
                 ) from exc
             raise from_os_error(exc, "list the destination", self.dest) from exc
-        if held:
-            more = f" and {len(held) - 3} more" if len(held) > 3 else ""
-            raise ConfigError(
-                self.dest, "compress to destination", f"it holds {', '.join(map(shown, held[:3]))}"
-                f"{more}, and its records do not say it is softcopy's compressed copy of "
-                f"{self.src}: choose an empty or new destination",
-            )  # fmt: skip
-        records.unlink(DONE)
-        record = {"source": self.src, "source_identity": identity, "compressed": self.method}
-        write_json(records / TARGET, json_record(record))
+
+    def _foreign(self, held: list[str]) -> ConfigError:
+        more = f" and {len(held) - 3} more" if len(held) > 3 else ""
+        return ConfigError(
+            self.location, "compress to destination", f"it holds {', '.join(map(shown, held[:3]))}"
+            f"{more}, and its records do not say it is softcopy's compressed copy of "
+            f"{self.src}: choose an empty or new destination",
+        )  # fmt: skip
+
+    # ---- a dry run -----------------------------------------------------------------------
+
+    def _dry_run(self) -> None:
+        """What compressing now would do, per file, from read-only looks; the refusals of
+        a real run."""
+        if not self._look():
+            held = self._held_names()
+            if held:
+                raise self._foreign(held)
+        src_dirs = TreeDirs(Path(self.src))
+        try:
+            plans, _ = self._listed(src_dirs)
+        finally:
+            src_dirs.close()
+        planned = []
+        for plan in plans + self._late:
+            if not stat.S_ISREG(plan.entry.st.st_mode):
+                continue
+            key = os.fsdecode(plan.entry.relative)
+            action = "compress" if plan.compression else "copy"
+            if self._would_reuse(key, plan):
+                action = "trust"
+            planned.append((key, action, plan.entry.st.st_size))
+        self._plan(sorted(planned, key=lambda p: os.fsencode(p[0])))
+
+    def _look(self) -> bool:
+        """Read-only: whether the destination is this source's compressed copy (then what
+        its earlier runs finished is read)."""
+        records = Records.open(records_dir(self.dest), create=False, check_owner=False)
+        if records is None:
+            return False
+        try:
+            owned = self._owned(previous_target(records))
+            if owned:
+                self._read_done(records)
+            return owned
+        finally:
+            records.close()
+
+    def _would_reuse(self, key: str, plan: _Plan) -> bool:
+        record = self._done_of(key, plan)
+        if record is None:
+            return False
+        try:
+            st = os.lstat(self.dest / os.fsdecode(plan.stored))
+        except OSError:
+            return False
+        return record.get("stored_version") == _version(st)
 
     def _read_done(self, records: Records) -> None:
         try:
@@ -232,6 +288,10 @@ class _Compress(FinishedJob):
             return
         except OSError as exc:
             raise from_os_error(exc, "read records", records / DONE) from exc
+        self._take_done(data)
+
+    def _take_done(self, data: bytes) -> None:
+        """Lines of what earlier runs finished; a later line of a file wins."""
         for line in data.splitlines():
             try:
                 record = json.loads(line)
@@ -249,19 +309,24 @@ class _Compress(FinishedJob):
             return self.method
         return ""
 
+    def _listed(self, src_dirs: TreeDirs) -> tuple[list[_Plan], list[str]]:
+        """What the source holds and what each becomes, the markers and sentinels set
+        apart in `_late`; and the names of what is not copied."""
+        listed, skipped = walk_tree(src_dirs, b".")
+        skipped = [s[2:] for s in skipped]
+        for name in skipped:
+            log.warning("%s: %s: not copied (not a file, directory or link)", self.src, name)
+        plans = self._plans(select_entries(listed, self.keep)[1:])
+        # Markers and sentinels only after verification: whoever waits for one at the
+        # destination must find the rest there, checked (as a copy publishes them).
+        self._late = [p for p in plans if self._is_marker(p)]
+        return [p for p in plans if not self._is_marker(p)], skipped
+
     def _compress(self, view: SourceView) -> tuple[list[Stored], list[str]]:
         self._start_pacing(view)
         src_dirs = TreeDirs(Path(self.src))
         try:
-            listed, skipped = walk_tree(src_dirs, b".")
-            skipped = [s[2:] for s in skipped]
-            for name in skipped:
-                log.warning("%s: %s: not copied (not a file, directory or link)", self.src, name)
-            plans = self._plans(listed[1:])
-            # Markers and sentinels only after verification: whoever waits for one at the
-            # destination must find the rest there, checked (as a copy publishes them).
-            self._late = [p for p in plans if self._is_marker(p)]
-            plans = [p for p in plans if not self._is_marker(p)]
+            plans, skipped = self._listed(src_dirs)
             dst_fd = self._open_destination()
             dst_dirs = TreeDirs(self.dest)
             os.close(dst_fd)
@@ -434,10 +499,8 @@ class _Compress(FinishedJob):
 
     def _reusable(self, key: str, plan: _Plan, pfd: int, name: bytes) -> Stored | None:
         """What an earlier run wrote of this file, if source and destination are as then."""
-        record = self.done.get(key)
-        if record is None or record.get("source_version") != _version(plan.entry.st):
-            return None
-        if record.get("compression") != plan.compression or record.get("level") != self.level:
+        record = self._done_of(key, plan)
+        if record is None:
             return None
         try:
             st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
@@ -445,12 +508,17 @@ class _Compress(FinishedJob):
             return None
         if record.get("stored_version") != _version(st):
             return None
-        fields = {k: record[k] for k in Stored.__dataclass_fields__ if k in record}
-        try:
-            fields |= {k: name_from_json(record, record[k]) for k in ("path", "original", "target")}
-            return Stored(**fields)
-        except (KeyError, TypeError):
+        return _stored_of(record)
+
+    def _done_of(self, key: str, plan: _Plan) -> dict | None:
+        """The record of an earlier run's copy of the file, if made of the source as it
+        is now, in the same way."""
+        record = self.done.get(key)
+        if record is None or record.get("source_version") != _version(plan.entry.st):
             return None
+        if record.get("compression") != plan.compression or record.get("level") != self.level:
+            return None
+        return record
 
     def _file(self, src_dirs: TreeDirs, plan: _Plan, pfd: int, name: bytes) -> Stored:
         entry = plan.entry
@@ -473,7 +541,8 @@ class _Compress(FinishedJob):
             except OSError as exc:
                 raise from_os_error(exc, "create", self.dest / os.fsdecode(tmp)) from None
             try:
-                digest, counted = self._stream(fd, out_fd, before.st_size, plan.compression, where)
+                out = os.fdopen(out_fd, "wb", buffering=0, closefd=False)
+                digest, counted = self._stream(fd, out, before.st_size, plan.compression, where)
                 os.fchmod(out_fd, stat.S_IMODE(before.st_mode))
                 os.utime(out_fd, ns=(before.st_atime_ns, before.st_mtime_ns))
                 os.fsync(out_fd)
@@ -496,24 +565,18 @@ class _Compress(FinishedJob):
         self._record_done(stored, before, st)
         return stored
 
-    def _stream(self, fd: int, out_fd: int, size: int, compression: str, where: str) -> tuple:
-        """The file's bytes through the compressor into `out_fd`: (original BLAKE3, Counted)."""
+    def _stream(self, fd: int, out: Any, size: int, compression: str, where: str) -> tuple:
+        """The file's bytes through the compressor into the writable `out`: (original
+        BLAKE3, Counted of the bytes as stored)."""
         packing = self.packing if compression else Packing("")
-        out = os.fdopen(out_fd, "wb", buffering=0, closefd=False)
-        with packer(out, packing) as (stream, counted):  # type: ignore[arg-type]
+        with packer(out, packing) as (stream, counted):
             digest = copy_blocks(fd, size, stream, where, self._pace)
         return digest, counted
 
     def _record_done(self, stored: Stored, source: os.stat_result, dest: os.stat_result) -> None:
         """One line appended (and synced) to compressed.jsonl: the file is finished."""
         assert self.records is not None
-        record = {
-            **asdict(stored),
-            "level": self.level,
-            "source_version": _version(source),
-            "stored_version": _version(dest),
-        }
-        line = json.dumps(json_record(record), separators=(",", ":")).encode() + b"\n"
+        line = self._done_line(stored, source, _version(dest))
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(DONE, flags, 0o644, dir_fd=self.records.fd)
@@ -525,18 +588,32 @@ class _Compress(FinishedJob):
         except OSError as exc:
             raise from_os_error(exc, "write record", self.records / DONE) from exc
 
+    def _done_line(self, stored: Stored, source: os.stat_result, held: list) -> bytes:
+        """What a rerun trusts: the source's version, how it was written, and `held`, the
+        version of what it was written to (ours when it is still that)."""
+        record = {
+            **asdict(stored),
+            "level": self.level,
+            "source_version": _version(source),
+            "stored_version": held,
+        }
+        return json.dumps(json_record(record), separators=(",", ":")).encode() + b"\n"
+
     # ---- verification and records ------------------------------------------------------
 
     def _verify(self, entries: list[Stored], extras: bool = True) -> None:
         self._read = 0
         # Markers a run before published stay until they are written again, just after.
         late = frozenset(os.fsdecode(p.stored) for p in self._late) if extras else frozenset()
-        result = check_destination(self.dest, entries, pace=None, extras=extras, besides=late)
+        result = self._check(entries, extras, late)
         if result.findings:
             shown_ = "; ".join(str(f) for f in result.findings[:5])
             more = len(result.findings) - 5
             shown_ += f" (and {more} more)" if more > 0 else ""
             raise SoftcopyError(self.location, "verify the compressed copy", shown_)
+
+    def _check(self, entries: list[Stored], extras: bool, besides: frozenset[str]) -> Verification:
+        return check_destination(self.dest, entries, pace=None, extras=extras, besides=besides)
 
     def _write_records(self, records: Records, entries: list[Stored], skipped: list[str]) -> None:
         records.write(ENTRIES, format_stored(entries))
@@ -568,6 +645,7 @@ class _Compress(FinishedJob):
             "originals_blake3": blake3(originals_bytes).hexdigest(),
             "entries": ENTRIES,
             "skipped": skipped,
+            **self._filters(),
             "compressed": {
                 "method": self.method,
                 "level": self.level,
@@ -581,6 +659,15 @@ class _Compress(FinishedJob):
         }
         write_summary(records, self.summary)
         write_certificate_to(records, record)
+
+
+def _stored_of(record: dict) -> Stored | None:
+    fields = {k: record[k] for k in Stored.__dataclass_fields__ if k in record}
+    try:
+        fields |= {k: name_from_json(record, record[k]) for k in ("path", "original", "target")}
+        return Stored(**fields)
+    except (KeyError, TypeError):
+        return None
 
 
 def _unlink(name: bytes, dir_fd: int) -> None:

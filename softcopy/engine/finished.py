@@ -15,13 +15,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..archives.members import Keep
 from ..config import TargetConfig
 from ..copiers.pool import lower_priority
 from ..errors import ConfigError, SoftcopyError, from_os_error
 from ..sources.kinds import source_kind
 from ..sources.pressure import DiskPressure
 from ..sources.select import Selection
-from ..state.journal import Journal
+from ..state.journal import Journal, default_state_dir
 from ..states import State
 from ..throttle import RateLimit, create_bucket
 from .backoff import Backoff
@@ -66,6 +67,11 @@ class FinishedJob:
         self._progress_at = time.monotonic()
         self._total = (0, 0)  # files and bytes at the source when its end was decided
         self._wall_started = time.time()
+        # --include/--exclude choose what is taken; markers and sentinels always are.
+        self.select = Selection(
+            cfg.complete_marker, cfg.sentinels + cfg.sentinel_fallbacks, cfg.include, cfg.exclude
+        )
+        self.keep = self.select.taken if self.select.filters else None
 
     def emit(self, event: str, **fields: object) -> None:
         if self.events is not None:
@@ -124,6 +130,70 @@ class FinishedJob:
             raise problem
         return kind
 
+    def _filters(self) -> dict:
+        """For the certificate: what --include/--exclude took, so verify and a rerun
+        compare the source with what was chosen (markers named: always taken)."""
+        if not self.select.filters:
+            return {}
+        return {
+            "include": list(self.select.include),
+            "exclude": list(self.select.exclude),
+            "complete_marker": self.select.complete_marker,
+            "sentinels": list(self.select.sentinels),
+        }
+
+    def _plan(self, planned: list[tuple[str, str, int]]) -> None:
+        """A --dry-run's result from read-only looks: per file (key, action, size), where
+        "trust" is a file an earlier run finished, and whether the rest fits."""
+        from ..sinks.base import sink_from_spec, spec_of
+
+        space = sink_from_spec(spec_of(self.cfg)).space()
+        todo = [(k, a, n) for k, a, n in planned if a != "trust"]
+        needed = sum(n for _, _, n in todo)
+        self.summary.plan = {
+            "files_to_copy": len(todo),
+            "bytes_to_copy": needed,
+            "files_trusted": len(planned) - len(todo),
+            "trusted_because": "its records say an earlier run finished them",
+            "files_to_delete": 0,
+            "files_to_recopy": 0,
+            "free_bytes": space.free_bytes,
+            "free_inodes": space.free_inodes,
+            "destination_mount": space.mount,
+            # Compressed, it takes less; never more than the source and a header a file.
+            "fits": needed + 1024 * len(todo) <= space.free_bytes,
+        }
+        self.summary.plan_files = todo  # as for a copy: what is vouched for is not listed
+        if self.cfg.file_events:
+            for key, action, size in todo:
+                self.emit(Event.PLAN_FILE, key=key, action=action, size=size)
+        self.summary.files_at_source = len(planned)
+        self.summary.bytes_at_source = sum(n for _, _, n in planned)
+        self.summary.state = State.DRY_RUN
+        self.emit(Event.PLAN, **self.summary.plan)
+
+    def _open_journal(self) -> None:
+        self.journal = Journal(
+            self.cfg.state_dir or default_state_dir(),
+            self.src,
+            self.location,
+            reset_damaged=self.cfg.reset_journal,
+        )
+
+    def _finished_source(
+        self, kind: Any, records: Any, stale: tuple[str, ...], what: str
+    ) -> SourceView | None:
+        """The source's listing once its writer is done; None, said, when stopped first.
+        The `stale` records go first: a certificate must never outlive what it certified."""
+        for name in stale:
+            records.unlink(name)
+        self._state(State.WAITING)
+        view = self._wait_for_end(kind)
+        if view is None:
+            self.summary.error = f"stopped before {what} was written; run again"
+            self._state(State.INTERRUPTED, self.summary.error)
+        return view
+
     def _wait_for_end(self, kind: Any) -> SourceView | None:
         """The source's listing once the end rules say its writer is done; None if stopped."""
         cfg = self.cfg
@@ -133,9 +203,8 @@ class FinishedJob:
                 break
             if self._wait(cfg.poll_interval):
                 return None
-        select = Selection(cfg.complete_marker, cfg.sentinels + cfg.sentinel_fallbacks, (), ())
         ledger = Ledger()
-        view = SourceView(self.src, kind, select, ledger, lambda keys, live: None, 1e9)
+        view = SourceView(self.src, kind, self.select, ledger, lambda keys, live: None, 1e9)
         rules = rules_of(cfg)
         listed = time.monotonic()
         view.full_scan(initial=True)
@@ -253,6 +322,16 @@ def source_problem(src: str, kind: Any, verb: str) -> SoftcopyError | None:
     if os.path.islink(src) or not os.path.isdir(src):
         return ConfigError(src, f"{verb} source", "it is not a directory")
     return kind.problem(src)
+
+
+def keep_of(cert: dict) -> Keep | None:
+    """What a copy with the certificate's --include/--exclude took (None: everything)."""
+    include, exclude = cert.get("include") or [], cert.get("exclude") or []
+    if not (include or exclude):
+        return None
+    marker = str(cert.get("complete_marker") or "")
+    sentinels = tuple(cert.get("sentinels") or ())
+    return Selection(marker, sentinels, tuple(include), tuple(exclude)).taken
 
 
 def run_job(job: FinishedJob) -> Summary:

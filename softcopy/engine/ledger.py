@@ -48,6 +48,8 @@ _TAIL_ROWS = 64
 _LOOKUP_MERGE = 1000
 # Names whose last coordinate one listing remembers (the names of one directory of chunks).
 _COORDINATE_MEMO = 65536
+# Names the ledger remembers the coordinate of: about 100 B each, kept for the whole run.
+_NAMES = 4096
 # Keys a rerun's bulk trust gathers per array before one vectorised step.
 _TRUST_BATCH = 8192
 # Rows one step of an in-place merge or densify copies aside (32 B each for the versions).
@@ -437,6 +439,9 @@ class Ledger:
     other: dict[str, _Other] = field(default_factory=dict)
     # dirname -> (array, key prefix inside the array) or None; speeds up locate()
     _dir_cache: dict[str, tuple[_ArrayState, str, int | None] | None] = field(default_factory=dict)
+    # Chunk file names -> the coordinate they spell (-1: none): the same few names in every
+    # directory of chunks, parsed once per run, not once per file (_NAMES at most).
+    _names: dict[str, int] = field(default_factory=dict)
     # keys waiting for a copier; filled lazily from the arrays when it runs dry
     _queue: list[str] = field(default_factory=list)
     # True when array rows may need work that the queue does not hold yet
@@ -608,6 +613,59 @@ class Ledger:
             self._queue.append(key)
         return True
 
+    def observe_dirs(self, dirs: Iterable[tuple[str, list[str], list[Version]]]) -> list[str]:
+        """observe_many for files given a directory at a time: (directory, keys, versions).
+
+        A directory of "/"-separated chunk files costs one lookup of its array and a memo
+        lookup per name, at C speed; anything else goes through observe_many.
+        """
+        groups: dict[int, tuple[_ArrayState, list, list, list]] = {}
+        rest: list[tuple[str, Version]] = []
+        for dirname, keys, versions in dirs:
+            try:
+                hit = self._dir_cache[dirname]
+            except KeyError:
+                hit = self._dir_cache[dirname] = self._find_array(dirname)
+            if hit is None or hit[2] is None or not keys:
+                rest += zip(keys, versions, strict=True)
+                continue
+            state, _, base = hit
+            cut = len(dirname) + 1 if dirname else 0
+            lasts = self._lasts([k[cut:] for k in keys])
+            inside = (lasts >= 0) & (lasts < state.layout.grid[-1])
+            new = np.fromiter(
+                itertools.chain.from_iterable(versions), dtype=np.int64, count=_FIELDS * len(keys)
+            ).reshape(-1, _FIELDS)
+            if not inside.all():  # not chunk files of this grid: one by one
+                rest += [(keys[j], versions[j]) for j in np.flatnonzero(~inside).tolist()]
+                keys = [keys[j] for j in np.flatnonzero(inside).tolist()]
+                lasts, new = lasts[inside], new[inside]
+            group = groups.setdefault(id(state), (state, [], [], []))
+            group[1].append(base + lasts)
+            group[2].append(new)
+            group[3].append(keys)
+        changed = self.observe_many(rest) if rest else []
+        for state, indices, news, keys in groups.values():
+            idx = np.concatenate(indices)
+            changed += self._observe_rows(
+                state, idx, np.concatenate(news), list(itertools.chain.from_iterable(keys))
+            )
+        return changed
+
+    def _lasts(self, names: list[str]) -> np.ndarray:
+        """The coordinate each chunk file name spells (as ArrayLayout.last_coordinate, before
+        the grid's bound), -1 where it spells none, through the memo of names."""
+        memo = self._names
+        lasts = list(map(memo.get, names))
+        if None in lasts:
+            for j, name in enumerate(names):
+                if lasts[j] is None:
+                    last = _coordinate(name)
+                    lasts[j] = last
+                    if len(memo) < _NAMES:
+                        memo[name] = last
+        return np.array(lasts, dtype=np.int64)
+
     def observe_many(self, items: Iterable[tuple[str, Version]]) -> list[str]:
         """observe() for a whole listing at once; returns the keys that changed.
 
@@ -665,16 +723,23 @@ class Ledger:
             idx = np.fromiter(indices, dtype=np.int64, count=len(indices))
             flat = itertools.chain.from_iterable(versions)  # far cheaper than np.array(tuples)
             new = np.fromiter(flat, dtype=np.int64, count=_FIELDS * len(versions))
-            new = new.reshape(-1, _FIELDS)
-            rows = state.rows(idx)
-            if state.sweeping:
-                state.flags[rows] |= _SEEN
-            differs = (state.src[rows] != new).any(axis=1)
-            if differs.any():
-                state.set_sources(rows[differs], idx[differs], new[differs])
-                self._stale = True
-                changed.extend(k for k, d in zip(keys, differs.tolist(), strict=True) if d)
+            changed += self._observe_rows(state, idx, new.reshape(-1, _FIELDS), keys)
         return changed
+
+    def _observe_rows(
+        self, state: _ArrayState, idx: np.ndarray, new: np.ndarray, keys: list[str]
+    ) -> list[str]:
+        """The source's versions `new` of chunks `idx` (distinct) of one array; returns the
+        keys of those that changed."""
+        rows = state.rows(idx)
+        if state.sweeping:
+            state.flags[rows] |= _SEEN
+        differs = (state.src[rows] != new).any(axis=1)
+        if not differs.any():
+            return []
+        state.set_sources(rows[differs], idx[differs], new[differs])
+        self._stale = True
+        return [k for k, d in zip(keys, differs.tolist(), strict=True) if d]
 
     def trust_journaled(
         self,
@@ -792,6 +857,76 @@ class Ledger:
         rest.extend(items[positions[g]] for g in np.flatnonzero(~ok).tolist())
         self._stale = True
         return len(good)
+
+    def trust_listed(
+        self,
+        dirs: list[tuple[str, list[str]]],
+        there: np.ndarray,
+        records: np.ndarray,
+        digests: Mapping[int, str],
+    ) -> np.ndarray:
+        """`trust_journaled` for files given a directory at a time, with their versions as
+        arrays: `dirs` is (directory, names) in row order, `there` the destination's versions
+        and `records` the journal's (-1 rows where it has none), (n, 4) each; `digests`
+        row -> BLAKE3. Returns the mask of rows trusted. A chunk file costs no Python object
+        beyond its name: its index comes from the directory's base and a memo of names.
+        """
+        n = len(there)
+        trusted = np.zeros(n, dtype=bool)
+        # per array: (state, [row positions], [chunk indices])
+        groups: dict[int, tuple[_ArrayState, list[np.ndarray], list[np.ndarray]]] = {}
+        start = 0
+        for dirname, names in dirs:
+            k = len(names)
+            positions = np.arange(start, start + k)
+            start += k
+            try:
+                hit = self._dir_cache[dirname]
+            except KeyError:
+                hit = self._dir_cache[dirname] = self._find_array(dirname)
+            if hit is None:
+                continue
+            state, inner, base = hit
+            if base is None:
+                found = [state.layout.index(inner + name) for name in names]
+                index = np.array([-1 if i is None else i for i in found], dtype=np.int64)
+            else:
+                index = self._lasts(names)
+                index[(index < 0) | (index >= state.layout.grid[-1])] = -1
+                index[index >= 0] += base
+            inside = index >= 0
+            group = groups.setdefault(id(state), (state, [], []))
+            group[1].append(positions[inside])
+            group[2].append(index[inside])
+        row_of = np.full(n, -1, dtype=np.int64)
+        for state, parts, indices in groups.values():
+            positions = np.concatenate(parts)
+            idx = np.concatenate(indices)
+            r = state.find_many(idx)
+            has = r >= 0
+            src = np.full((len(idx), _FIELDS), -1, dtype=np.int64)  # no row: absent
+            src[has] = state.src[r[has]]
+            dst = there[positions]
+            ok = (
+                (src[:, 0] >= 0)
+                & (src == records[positions]).all(axis=1)
+                & (src[:, 0] == dst[:, 0])  # the destination's size and mtime
+                & (src[:, 1] == dst[:, 1])
+            )
+            rows = r[ok]
+            state.flags[rows] = (state.flags[rows] & ~(_COPIED | _INFLIGHT)) | _SAME
+            if state.other_dst:
+                for i in idx[ok].tolist():
+                    state.other_dst.pop(i, None)
+            trusted[positions[ok]] = True
+            row_of[positions[ok]] = rows
+            if digests:
+                for p in positions[ok].tolist():
+                    digest = digests.get(p)
+                    if digest:
+                        state.set_digest(int(row_of[p]), digest)
+            self._stale = True
+        return trusted
 
     def set_copied(self, key: str, version: Version | None, digest: str = "") -> None:
         """The destination now holds `version` of key (None: deleted there), with its BLAKE3."""
@@ -1034,6 +1169,14 @@ _Rows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, dict[int, t
 def _no_rows() -> _Rows:
     empty = np.zeros(0, dtype=np.int64)
     return empty, np.zeros((0, _FIELDS), np.int64), np.zeros(0, np.uint8), None, {}
+
+
+def _coordinate(name: str) -> int:
+    """ArrayLayout.last_coordinate without the grid's bound; -1 for no coordinate (and for
+    any beyond int64's digits: those go the exact way, one by one)."""
+    if not name.isascii() or not name.isdigit() or (name[0] == "0" and len(name) > 1):
+        return -1
+    return int(name) if len(name) <= 18 else -1
 
 
 def _present(state: _ArrayState) -> int:

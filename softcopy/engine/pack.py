@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -31,17 +32,18 @@ from blake3 import blake3
 
 from ..archives.check import compare, format_members, manifest_text, parse_members
 from ..archives.formats import Packing, gpg_base_args, parse_encrypt, parse_pack, tool_path
-from ..archives.members import Member, list_source, read_tar, write_tar
+from ..archives.members import Keep, Member, list_source, read_tar, write_tar
 from ..archives.pipeline import DEFAULT_LEVEL, Counted, packer, unpacker
 from ..config import TargetConfig
 from ..errors import ConfigError, SoftcopyError
+from ..locations import is_object_store
 from ..names import shown
 from ..sinks.archive_file import archive_output
-from ..sinks.base import spec_of
+from ..sinks.base import SinkSpec, spec_of
 from ..sources.scan import Version
-from ..state.journal import Journal, default_state_dir
 from ..states import State
 from ..verify.manifest import CERTIFICATE, MANIFEST, format_line
+from .claim import source_identity
 from .end import _iso, write_certificate_to, write_summary
 from .events import Summary
 from .finish import end_record
@@ -93,16 +95,13 @@ class _Pack(FinishedJob):
 
     def _run(self) -> None:
         kind = self._begin()
+        if self.cfg.dry_run:
+            return self._dry_run()
         output = archive_output(self.location, spec_of(self.cfg))
         self.output = output
         try:
             records = output.open_records()
-            self.journal = Journal(
-                self.cfg.state_dir or default_state_dir(),
-                self.src,
-                self.location,
-                reset_damaged=self.cfg.reset_journal,
-            )
+            self._open_journal()
             if self._already_done(records):
                 return
             if output.exists():
@@ -111,13 +110,8 @@ class _Pack(FinishedJob):
                     f"certify it as the archive of {self.src}: softcopy never replaces an "
                     "archive; remove it or choose another name",
                 )  # fmt: skip
-            for name in _STALE:  # a certificate must never outlive the archive it certified
-                records.unlink(name)
-            self._state(State.WAITING)
-            view = self._wait_for_end(kind)
+            view = self._finished_source(kind, records, _STALE, "the archive")
             if view is None:
-                self.summary.error = "stopped before the archive was written; run again"
-                self._state(State.INTERRUPTED, self.summary.error)
                 return
             self._state(State.COPYING)
             members, counted = self._pack(view)
@@ -132,6 +126,31 @@ class _Pack(FinishedJob):
             output.close()
 
     # ---- before ------------------------------------------------------------------------
+
+    def _dry_run(self) -> None:
+        """What packing now would take, from a listing; the refusals of a real run."""
+        from ..sinks.archive_file import ArchiveAt
+
+        entries, _ = list_source(Path(self.src), self.run_name, self.keep)
+        action = "pack"
+        spec = spec_of(self.cfg) if is_object_store(self.location) else None
+        if _archive_exists(self.location, spec):
+            archive = ArchiveAt(self.location, spec)
+            try:
+                cert = json.loads(archive.records.read(CERTIFICATE))
+            except (OSError, SoftcopyError, ValueError):
+                cert = None
+            finally:
+                archive.close()
+            if not isinstance(cert, dict) or cert.get("source") != self.src:
+                raise ConfigError(
+                    self.location, "pack to destination", "it exists, and its records do "
+                    f"not certify it as the archive of {self.src}: softcopy never replaces "
+                    "an archive; remove it or choose another name",
+                )  # fmt: skip
+            action = "trust"
+        files = [e for e in entries if e.relative and stat.S_ISREG(e.st.st_mode)]
+        self._plan([(os.fsdecode(e.relative), action, e.st.st_size) for e in files])
 
     def _already_done(self, records: Any) -> bool:
         """A rerun of an archive certified before: done, nothing read or written."""
@@ -172,7 +191,7 @@ class _Pack(FinishedJob):
             recorded = {m.path: m for m in parse_members(records.read(MEMBERS))}
         except (SoftcopyError, OSError, ValueError):
             return "its members record cannot be read"
-        entries, _ = list_source(Path(self.src), self.run_name)
+        entries, _ = list_source(Path(self.src), self.run_name, self.keep)
         for entry in entries:
             path = os.fsdecode(entry.archive)
             member = recorded.pop(path, None)
@@ -194,7 +213,9 @@ class _Pack(FinishedJob):
         out = output.writer()
         try:
             with packer(out, self.packing) as (stream, counted):
-                members, skipped = write_tar(stream, Path(self.src), self.run_name, self._pace)
+                members, skipped = write_tar(
+                    stream, Path(self.src), self.run_name, self._pace, self.keep
+                )
             for name in skipped:
                 log.warning("%s: %s: not packed (not a file, directory or link)", self.src, name)
             if hasattr(out, "flush"):
@@ -254,6 +275,7 @@ class _Pack(FinishedJob):
         encryption = self.packing.encryption
         record = {
             "source": self.src,
+            "source_identity": source_identity(self.src),
             "destination": self.location,
             "started": _iso(self._wall_started),
             "finished": _iso(time.time()),
@@ -287,6 +309,7 @@ class _Pack(FinishedJob):
             "directories": sum(1 for m in members if m.kind == "dir"),
             "manifest": MANIFEST,
             "manifest_blake3": blake3(manifest).hexdigest(),
+            **self._filters(),
         }
         if verified != "members":
             # Contents never read back from the store: a wrong recipient, or a fault of the
@@ -349,10 +372,22 @@ class _Discard:
         pass
 
 
-def members_of_source(source: Path, run_name: str) -> list[Member]:
+def members_of_source(source: Path, run_name: str, keep: Keep | None = None) -> list[Member]:
     """What packing `source` now would record (its members, each file's BLAKE3)."""
-    members, _ = write_tar(_Discard(), source, run_name)  # type: ignore[arg-type]
+    members, _ = write_tar(_Discard(), source, run_name, keep=keep)  # type: ignore[arg-type]
     return members
+
+
+def _archive_exists(location: str, spec: SinkSpec | None) -> bool:
+    if spec is None:
+        return os.path.lexists(location)
+    from ..sinks.archive_file import ObjectArchive
+
+    archive = ObjectArchive(spec)
+    try:
+        return archive.exists()
+    finally:
+        archive.close()
 
 
 def can_decrypt(packing: Packing, identity: Path | None) -> bool:

@@ -22,11 +22,19 @@ import stat
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from blake3 import blake3
 
 from ..archives.formats import Packing
-from ..archives.members import READ_BLOCK, DamagedArchive, TreeDirs, walk_tree
+from ..archives.members import (
+    READ_BLOCK,
+    DamagedArchive,
+    Entry,
+    TreeDirs,
+    select_entries,
+    walk_tree,
+)
 from ..archives.pipeline import Counted, unpacker
 from ..errors import SoftcopyError
 from ..names import json_record, name_from_json
@@ -83,20 +91,22 @@ def parse_stored(data: bytes, where: object) -> list[Stored]:
 def read_stored(
     fd: int, compression: str, pace: Callable[[int], None] | None = None
 ) -> tuple[Counted, int, str]:
-    """A stored file read to its end from `fd` (closed here): its size and BLAKE3 as
-    stored, and the size and BLAKE3 of its original bytes. DamagedArchive when it does
-    not decompress."""
+    """A stored file read to its end from `fd` (closed here), from the device: see
+    read_stream."""
     # What was written or cached is dropped, so the bytes come from the device.
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    with os.fdopen(fd, "rb", buffering=0) as inp:
+        return read_stream(inp, compression, pace)
+
+
+def read_stream(
+    inp: BinaryIO, compression: str, pace: Callable[[int], None] | None = None
+) -> tuple[Counted, int, str]:
+    """A stored file's bytes read to their end: their size and BLAKE3 as stored, and the
+    size and BLAKE3 of the original bytes. DamagedArchive when they do not decompress."""
     hasher, size = blake3(), 0
-    with (
-        os.fdopen(fd, "rb", buffering=0) as inp,
-        unpacker(inp, Packing(compression), None) as (
-            stream,
-            counted,
-        ),
-    ):
+    with unpacker(inp, Packing(compression), None) as (stream, counted):
         while block := stream.read(READ_BLOCK):
             hasher.update(block)
             size += len(block)
@@ -114,6 +124,11 @@ def _listing(root: Path) -> tuple[dict[str, tuple[os.stat_result, bytes]], list[
         raise
     found = {os.fsdecode(e.relative): (e.st, e.relative) for e in entries if e.relative}
     return found, [s[2:] for s in skipped], dirs
+
+
+def _entries_of(found: dict[str, tuple[os.stat_result, bytes]]) -> list[Entry]:
+    root = Entry(b".", b"", os.stat_result((0,) * 10))
+    return [root] + [Entry(b"", relative, st) for st, relative in found.values()]
 
 
 def _kind(mode: int) -> str:
@@ -174,11 +189,17 @@ def _check_file(
 ) -> list[Finding]:
     try:
         fd = os.open(name, _READ, dir_fd=dir_fd)
-        counted, size, digest = read_stored(fd, exp.compression, pace)
+        read = read_stored(fd, exp.compression, pace)
     except DamagedArchive as exc:
         return [Finding("unreadable", exp.path, exc.problem.replace("the archive", "the file"))]
     except OSError as exc:
         return [Finding("unreadable", exp.path, exc.strerror or str(exc))]
+    return _compare_read(exp, *read, against)
+
+
+def _compare_read(
+    exp: Stored, counted: Counted, size: int, digest: str, against: str
+) -> list[Finding]:
     if (counted.size, counted.blake3) != (exp.stored_size, exp.stored_blake3):
         stored = f"{counted.size} bytes BLAKE3 {counted.blake3}"
         recorded = f"{exp.stored_size} bytes BLAKE3 {exp.stored_blake3}"
@@ -190,10 +211,62 @@ def _check_file(
     return []
 
 
-def check_source(source: Path, expected: list[Stored]) -> list[Finding]:
+def check_bucket(
+    store: Any,
+    expected: list[Stored],
+    against: str = MANIFEST,
+    pace: Callable[[int], None] | None = None,
+    extras: bool = True,
+    besides: frozenset[str] = frozenset(),
+) -> Verification:
+    """check_destination for a compressed copy in a bucket (`store`: sinks.s3.ObjectStore):
+    every object downloaded again and decompressed. A bucket holds files only."""
+    held = store.objects()
+    for name in besides:
+        held.pop(name, None)
+    findings: list[Finding] = []
+    result = Verification(findings)
+    for exp in expected:
+        if held.pop(exp.path, None) is None:
+            findings.append(Finding("missing", exp.path, against=against))
+            continue
+        result.files += 1
+        result.bytes += exp.size
+        try:
+            with store.open(exp.path) as inp:
+                read = read_stream(inp, exp.compression, pace)
+        except FileNotFoundError:
+            findings.append(Finding("missing", exp.path, against=against))
+            continue
+        except DamagedArchive as exc:
+            problem = exc.problem.replace("the archive", "the object")
+            findings.append(Finding("unreadable", exp.path, problem))
+            continue
+        findings.extend(_compare_read(exp, *read, against))
+    if extras:
+        findings.extend(Finding("extra", name, against=against) for name in sorted(held))
+    return result
+
+
+def check_source(
+    source: Path,
+    expected: list[Stored],
+    besides: frozenset[str] = frozenset(),
+    folders: bool = True,
+    keep: Callable[[str], bool] | None = None,
+) -> list[Finding]:
     """The source now against what was copied: a file changed, added or gone since, by
-    the source's names ("missing": in the source, not in the copy)."""
+    the source's names ("missing": in the source, not in the copy); `besides`: names
+    the copy left out (a bucket's links), its folders unless `folders`, and what `keep`
+    (the copy's --include/--exclude) does not take."""
     found, skipped, dirs = _listing(source)
+    for name in besides:
+        found.pop(name, None)
+    if keep is not None:
+        wanted = {os.fsdecode(e.relative) for e in select_entries(_entries_of(found), keep)}
+        found = {k: v for k, v in found.items() if k in wanted}
+    if not folders:
+        found = {k: v for k, v in found.items() if not stat.S_ISDIR(v[0].st_mode)}
     findings: list[Finding] = []
     try:
         for exp in sorted(expected, key=lambda e: os.fsencode(e.original)):

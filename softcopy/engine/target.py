@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import wait
+
+import numpy as np
 
 from .. import __version__
 from ..config import TargetConfig
@@ -62,6 +64,8 @@ from .notes import STALL_AFTER, Snapshot, waiting_for, waiting_note_after
 from .notes import why_stalled as stalled_text
 from .observe import UNKNOWN_VERSION, SourceView
 from .plan import COMPARE, COPY, DELETE, KEEP_EXTRA, TRUST, decide, plan_files, plan_record
+from .prematch import Batch, DestinationSide, Directory, End
+from .prematch import start as start_destination_side
 from .racy import UnprovenCopies, coarse_clock_ns, proven_after_ns
 from .report import EVERY as REPORT_EVERY
 from .report import Progress
@@ -82,6 +86,9 @@ _UNPROVEN = Version(-2, -2, -2, -2)
 # Destination files matched with the journal in one step (a batch of directories): 2,048
 # keeps a 200,000-file rerun 5 MB lower than 8,192, for a little more work per batch.
 _MATCH_BATCH = 2048
+# A rerun's destination is listed in a process of its own (prematch.py) once the journal
+# holds this many of its files: below, starting one costs more than the listing.
+_SIDE_FROM = 5000
 # Network filesystems stamp files with the server's clock, which may run behind ours.
 _NETWORK_CLOCK_SKEW_NS = 2_000_000_000
 
@@ -190,19 +197,30 @@ class Supervisor:
             pressure = DiskPressure(self.src, busy_utilisation=self.cfg.busy_utilisation)
             self.backoff.pressure = pressure
         self._choose_event_source()
-        self.view.full_scan(initial=True)
-        self._match_destination()
+        side = self._start_destination_side()
+        try:
+            self.view.full_scan(initial=True)
+            records = side.records(lambda: self.stop.level > 0) if side is not None else None
+            if records is not None:
+                self._match_listed(records)
+            else:
+                self._match_destination()
+        finally:
+            if side is not None:
+                side.close()
         self._preflight_space()
         limits = [self.run_rate] if self.run_rate else []
         if self.cfg.max_rate:
             self._rate_file = create_bucket()
             limits.append((self._rate_file, self.cfg.max_rate))
-        self.pool = CopierPool(
-            self.cfg.nprocs,
-            copier_options(self.cfg, tuple(limits), sink=self.sink.spec),
-        )
+        self._copier_options = copier_options(self.cfg, tuple(limits), sink=self.sink.spec)
+        # A rerun with nothing to copy or compare starts no copier: they start with the first
+        # work there is (_dispatch), and a no-op rerun does not wait for them to start and stop.
+        self.pool = CopierPool(self.cfg.nprocs if self._work_waiting() else 0, self._copier_options)
         if self.cfg.hash and self.sink.capabilities.flush:  # a flush puts it on the device
-            self.early = EarlyReads(self.dst, workers=min(2, self.cfg.nprocs))
+            self.early = EarlyReads(
+                self.dst, workers=min(2, self.cfg.nprocs), flush=self.sink.flush
+            )
         copiers = counted(self.cfg.nprocs, "copier")
         log.info("%s: copying to %s with %s", self.src, self.dst, copiers)
         self.backoff.check(copying=self.ledger.pending_count() > len(self.compare_first))
@@ -351,7 +369,7 @@ class Supervisor:
     def _prepare_destination(self) -> None:
         records = self.records
         assert records is not None
-        existed = self.sink.create()  # made if missing, and locked by identity
+        existed = self._existed = self.sink.create()  # made if missing, locked by identity
         # Decided (and refused) before anything in the destination or its records changes.
         # Files in the destination that the source lacks are deleted only when the
         # destination is ours: new, or made by softcopy from this same source.
@@ -377,6 +395,61 @@ class Supervisor:
                 },
             )
         self.sink.probe()  # read-only, permissions: one clear error up front
+
+    def _start_destination_side(self) -> DestinationSide | None:
+        """A rerun of a large copy lists the destination and asks the journal in another
+        process while this one lists the source (engine/prematch.py)."""
+        assert self.journal is not None
+        if not (self._existed and self.sink.capabilities.local_paths):
+            return None
+        if not self.journal.holds(_SIDE_FROM):
+            return None
+        return start_destination_side(
+            self.dst, self.journal.path, self.journal.id, self.select, _MATCH_BATCH
+        )
+
+    def _match_listed(self, records: Iterator[Directory | Batch | End]) -> None:
+        """`_match_destination` from what the destination's side found."""
+        self._replacing = set()
+        self.matched = Matched()
+        for record in records:
+            if isinstance(record, Batch):
+                self._match_listed_batch(record)
+            elif isinstance(record, Directory):
+                if record.doubt:
+                    self.matched.doubt()  # verification walks both trees, and names these
+                self.sink.remove_temporaries(record.temporary)  # a crashed run's partial files
+                self._match_links(record.links)
+            else:
+                self.matched.markers = record.markers
+
+    def _match_listed_batch(self, batch: Batch) -> None:
+        there = np.frombuffer(batch.there, dtype=np.int64).reshape(-1, 4)
+        records = np.frombuffer(batch.records, dtype=np.int64).reshape(-1, 4)
+        trusted = self.ledger.trust_listed(batch.dirs, there, records, batch.digests)
+        count = int(np.count_nonzero(trusted))
+        self.summary.files_already_there += count
+        metadata = list(zip(batch.metadata, _keys_at(batch.dirs, batch.metadata), strict=True))
+        if count == len(trusted):
+            nbytes = int(there[:, 0].sum())
+            self.matched.trusted_lines(count, nbytes, batch.lines, [k for _, k in metadata])
+            return
+        keys = [f"{d}/{n}" if d else n for d, names in batch.dirs for n in names]
+        lines = batch.lines.split(b"\n")
+        good = np.flatnonzero(trusted)
+        self.matched.trusted_lines(
+            count,
+            int(there[good, 0].sum()),
+            b"".join(lines[g] + b"\n" for g in good.tolist()),
+            [k for p, k in metadata if trusted[p]],
+        )
+        rest = []
+        for p in np.flatnonzero(~trusted).tolist():
+            record = None
+            if records[p, 0] >= 0:
+                record = (Version(*records[p].tolist()), batch.digests.get(p, ""))
+            rest.append((keys[p], Version(*there[p].tolist()), record))
+        self._decide_rest(rest)
 
     def _match_destination(self) -> None:
         """Take stock of what a previous run (or someone else) already put in the destination.
@@ -420,11 +493,16 @@ class Supervisor:
             self.matched.trusted(batch)
         batch.clear()
         self.summary.files_already_there += trusted
-        for key, there in rest:
+        self._decide_rest([(key, there, journaled.get(key)) for key, there in rest])
+
+    def _decide_rest(self, rest: list[tuple[str, Version, tuple[Version, str] | None]]) -> None:
+        """The destination files the bulk step did not trust, one by one."""
+        for key, there, record in rest:
             here = self.ledger.source(key)
-            action = decide(here, there, journaled.get(key), self.owned)
+            action = decide(here, there, record, self.owned)
             if action == TRUST:
-                self.ledger.set_copied(key, here, journaled[key][1])
+                assert record is not None
+                self.ledger.set_copied(key, here, record[1])
                 self.summary.files_already_there += 1
                 self.matched.trusted([(key, there)])
                 continue
@@ -474,8 +552,16 @@ class Supervisor:
 
     # ---- feeding copiers ---------------------------------------------------------------------
 
+    def _work_waiting(self) -> bool:
+        return bool(self.retry.deferred or self.racy) or self.ledger.pending_count() > 0
+
     def _dispatch(self) -> None:
         assert self.pool is not None
+        if not self.pool.copiers:
+            if not self._work_waiting():
+                self.queue_empty = True
+                return
+            self.pool = CopierPool(self.cfg.nprocs, self._copier_options)
         idle = self.pool.idle()
         if not idle:
             return
@@ -573,6 +659,8 @@ class Supervisor:
                 else:
                     self.racy.settle(o.key)
                     self.checkpoints.copied.append((o.key, o.version, o.digest))
+                    if self.early is not None:
+                        self.early.copied(o.key, o.version)
                 self.progress.published(o.key, time.monotonic())
                 if o.status == COPIED:
                     self.summary.files_copied += 1
@@ -746,7 +834,7 @@ class Supervisor:
         """Run until finished (returns why) or, when finishing, until nothing is left to do."""
         assert self.pool is not None
         if self.backoff.pressure is not None:
-            self.backoff.pressure.watch_own(self.pool.pids)
+            self.backoff.pressure.watch_own(lambda: self.pool.pids() if self.pool else [])
         events_read = 0.0  # when change notifications were last read
         while True:
             if self.stop.level:
@@ -1110,6 +1198,22 @@ class Supervisor:
         self._end_run_log()  # while the records (and their lock) are still ours
         self.sink.close()  # the records, and with them both locks
         self.records = None
+
+
+def _keys_at(dirs: list[tuple[str, list[str]]], rows: list[int]) -> list[str]:
+    """The keys of some rows (ascending) of files given a directory at a time."""
+    keys = []
+    start = 0
+    it = iter(rows)
+    row = next(it, None)
+    for d, names in dirs:
+        end = start + len(names)
+        while row is not None and row < end:
+            name = names[row - start]
+            keys.append(f"{d}/{name}" if d else name)
+            row = next(it, None)
+        start = end
+    return keys
 
 
 def _same_link(src: str, dst: str, key: str) -> bool:

@@ -34,7 +34,16 @@ from ..state import journal
 from ..state.records import LINK_PROBLEM, LOCK, Records, lock_fd, open_directory, records_dir
 from ..verify.compare import check_manifest
 from ..verify.hashing import hash_files
-from ..verify.manifest import CERTIFICATE, MANIFEST, parse_lines
+from ..verify.manifest import CERTIFICATE, parse_lines
+from .release_kinds import (
+    COPY,
+    destination_problems,
+    kind_of,
+    links_of,
+    manifest_of,
+    not_verified_where_stored,
+    source_keys,
+)
 
 RELEASED = "released.json"
 HIDDEN_SUFFIX = ".softcopy-release-"
@@ -113,8 +122,12 @@ def release(
 
 
 def _destination(destination: Path) -> Path:
-    if not destination.is_dir():
-        raise ConfigError(destination, "release the source of", "it is not a directory")
+    archive = destination.is_file() and records_dir(destination).is_dir()
+    if not (destination.is_dir() or archive):
+        raise ConfigError(
+            destination, "release the source of", "it is not a directory, nor an archive "
+            "softcopy packed (ARCHIVE.softcopy beside it)",
+        )  # fmt: skip
     # The copy's own name, as the certificate has it (a link to the copy names it too).
     return Path(os.path.realpath(destination))
 
@@ -159,6 +172,8 @@ class _Job:
         self.at: str | None = None  # where the source is now, if not at self.source (resume)
         self.by = ""
         self.finishing = False  # a recorded release killed while deleting: finish it
+        self.kind = COPY  # or PACKED, COMPRESSED: what the certificate says the copy is
+        self.cert: dict[str, Any] = {}
 
     # ---- the checks ---------------------------------------------------------------------
 
@@ -171,6 +186,7 @@ class _Job:
             for name in ("proven_end", "hashed_copy", "destination", "source"):
                 self.checks[name] = False
             return self._result(False)
+        self.kind, self.cert = kind_of(cert), cert
         self.checks["proven_end"] = self._proven_end(cert)
         self.checks["hashed_copy"] = self._hashed_copy(cert)
         self.checks["destination"] = self._destination_matches()
@@ -221,6 +237,8 @@ class _Job:
         if fd >= 0:
             self.records.hold(fd)
             free = lock_fd(fd)
+        if not self.dest.is_dir():
+            return free  # an archive: its records' lock is the one a pack takes
         directory = open_directory(self.dest, "lock destination")
         self.records.hold(directory)
         return lock_fd(directory) and free
@@ -265,39 +283,52 @@ class _Job:
         )
 
     def _hashed_copy(self, cert: dict[str, Any]) -> bool:
-        if cert.get("verification") != "blake3" or not isinstance(cert.get("manifest_blake3"), str):
+        manifest, field_ = manifest_of(self.kind)
+        if cert.get("verification") != "blake3" or not isinstance(cert.get(field_), str):
             return self._refuse(
                 "the copy was verified by sizes only, not by content: only copies made with "
                 "--hash can be released (copy it again with --hash)"
             )
+        why = not_verified_where_stored(self.kind, cert)
+        if why:
+            return self._refuse(why)
+        where = self.records / manifest
         try:
-            data = self.records.read(MANIFEST)
+            data = self.records.read(manifest)
         except FileNotFoundError:
-            return self._refuse(f"its manifest {shown(str(self.records / MANIFEST))} is missing")
+            return self._refuse(f"its manifest {shown(str(where))} is missing")
         except OSError as exc:
             problem = LINK_PROBLEM if exc.errno == errno.ELOOP else exc.strerror or str(exc)
-            raise ConfigError(self.records / MANIFEST, "read manifest", problem) from exc
+            raise ConfigError(where, "read manifest", problem) from exc
         digest = blake3(data).hexdigest()
-        if digest != cert["manifest_blake3"]:
+        if digest != cert[field_]:
             return self._refuse(
-                f"its manifest {shown(str(self.records / MANIFEST))} is not the certified one "
-                f"(BLAKE3 {digest[:16]}, certified {cert['manifest_blake3'][:16]}): the "
+                f"its manifest {shown(str(where))} is not the certified one "
+                f"(BLAKE3 {digest[:16]}, certified {cert[field_][:16]}): the "
                 "records were changed since the copy"
             )
         try:
-            self.digests = parse_lines(data.split(b"\n"), "line")
+            digests = parse_lines(data.split(b"\n"), "line")
         except ValueError as exc:
-            raise ConfigError(self.records / MANIFEST, "read manifest", str(exc)) from exc
+            raise ConfigError(where, "read manifest", str(exc)) from exc
+        self.digests = source_keys(self.kind, digests, cert["source"])
         return True
 
     def _destination_matches(self) -> bool:
         if self.digests is None:
             return False  # the reason is the manifest's (see _hashed_copy)
-        result = check_manifest(str(self.dest), self.digests)
-        if result.findings:
+        if self.kind == COPY:
+            problems = [str(f) for f in check_manifest(str(self.dest), self.digests).findings]
+        else:
+            try:
+                problems = destination_problems(self.kind, self.dest, self.records, self.cert)
+            except (OSError, SoftcopyError) as exc:
+                problems = [f"its records cannot be read: {exc}"]
+        if problems:
+            against = "manifest" if self.kind == COPY else "records"
             return self._refuse(
-                f"the destination, re-read from its device, does not match its manifest: "
-                f"{_examples([str(f) for f in result.findings], names=False)}"
+                f"the destination, re-read from its device, does not match its {against}: "
+                f"{_examples(problems, names=False)}"
             )
         return True
 
@@ -325,7 +356,7 @@ class _Job:
                 f"the records disagree on the source: certificate {shown(copied)}, "
                 f"target.json {shown(name_from_json(target, recorded))}"
             )
-        identity = target.get("source_identity")
+        identity = target.get("source_identity", self.cert.get("source_identity"))
         if isinstance(identity, list) and len(identity) == 2:
             self.identity = (int(identity[0]), int(identity[1]))
         if self.given_source is not None:
@@ -432,7 +463,11 @@ class _Job:
         if lacking:
             ok = self._refuse(f"the source lacks files the copy has: {_examples(lacking)}")
         ok = self._same_links(tree) and ok
-        copied = _copied_versions(self.state_dir, str(self.dest), self.source)
+        # A packed or compressed copy's journal has what was written, not each source
+        # file's version: its source is compared by content, always.
+        copied: dict[str, tuple[Version, str]] = {}
+        if self.kind == COPY:
+            copied = _copied_versions(self.state_dir, str(self.dest), self.source)
         keys = sorted(tree.files.keys() & digests.keys())
         if copied:
             self.by = "journal"
@@ -444,7 +479,7 @@ class _Job:
                 )
             # Not journaled: the markers, copied after verification. Small; read them.
             to_hash = keys if self.rehash else [k for k in keys if k not in copied]
-        elif self.rehash:
+        elif self.rehash or self.kind != COPY:
             self.by = "content"
             to_hash = keys
         else:
@@ -457,8 +492,13 @@ class _Job:
         return self._same_content(where, to_hash, digests) and ok
 
     def _same_links(self, tree: Tree) -> bool:
-        dst = scan_tree(str(self.dest))
-        theirs = {k: os.readlink(os.path.join(self.dest, k)) for k in dst.links}
+        try:
+            theirs = links_of(self.kind, self.records, self.source)
+        except (OSError, SoftcopyError) as exc:
+            return self._refuse(f"its records of links cannot be read: {exc}")
+        if theirs is None:
+            dst = scan_tree(str(self.dest))
+            theirs = {k: os.readlink(os.path.join(self.dest, k)) for k in dst.links}
         differ = sorted(
             k for k in tree.links.keys() | theirs.keys() if tree.links.get(k) != theirs.get(k)
         )

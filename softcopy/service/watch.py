@@ -33,7 +33,7 @@ from ..config import (
 from ..engine.events import Event, Summary
 from ..engine.runner import Finished, Runner
 from ..engine.stop import StopSignal
-from ..errors import ConfigError, SoftcopyError, from_os_error
+from ..errors import ConfigError, DestinationBusy, SoftcopyError, from_os_error
 from ..locations import is_object_store, object_url, records_url
 from ..options import (
     DIRECTORY,
@@ -76,6 +76,7 @@ log = logging.getLogger("softcopy")
 HOOK_RECORD = "hooks.json"  # in the run's records folder: which hooks already ran
 _LIST_EVERY = 5.0  # seconds between listings of the root when nothing said to list sooner
 _RELEASE_EVERY = 60.0
+_BUSY_WAIT = 15.0  # seconds before a run whose destination another softcopy locks is tried again
 
 
 # The service's own options, one row each (the copy options of every run come from
@@ -265,15 +266,6 @@ def check(cfg: WatchConfig) -> None:
             os.listdir(root)
         except OSError as exc:
             raise from_os_error(exc, "list source root", root) from exc
-    packed = cfg.options.get("pack") or cfg.options.get("compress")
-    if packed and (cfg.release_after is not None or cfg.release_to is not None):
-        raise ConfigError(
-            dest, "release sources of runs packed to", "freeing the source of a packed or "
-            "compressed copy is not built yet, so --release-after and --release-to cannot be "
-            "kept: watch "
-            "without them, check each run with `softcopy verify RUN DESTINATION`, and free "
-            "its source yourself",
-        )  # fmt: skip
     if is_object_store(dest):
         if cfg.release_after is not None or cfg.release_to is not None:
             raise ConfigError(
@@ -636,6 +628,9 @@ class Service:
             )
             self._release_claim(active)
             return
+        if isinstance(result, DestinationBusy):
+            self._busy(active, row, result)
+            return
         if isinstance(result, Summary):
             error = result.error or result.reason or f"ended {result.state}"
         elif isinstance(result, SoftcopyError):
@@ -649,6 +644,22 @@ class Service:
             error = f"its source {active.source} vanished while it was being copied ({error})"
         self._release_claim(active)
         self._fail(row, error, final=gone)
+
+    def _busy(self, active: Active, row: dict[str, Any], busy: DestinationBusy) -> None:
+        """Another softcopy holds the destination's lock: not a failed attempt. A run taken
+        over from a watcher that died on another host waits here for that watcher's lock
+        to run out (its lease); one copied by hand meanwhile, until that copy ends."""
+        delay = min(self.cfg.retry_delay, _BUSY_WAIT)
+        self.book.update(
+            self.root,
+            active.name,
+            state=RETRY,
+            attempts=max(0, row["attempts"] - 1),
+            error=str(busy),
+            next_attempt=time.time() + delay,
+        )
+        log.info("run %s: %s; trying again in %.3g s", active.name, busy.problem, delay)
+        self._release_claim(active)
 
     def _done(
         self, active: Active, row: dict[str, Any], certificate: dict, files: int, nbytes: int

@@ -3,9 +3,10 @@
 An archive is written as a stream and appears under its final name only complete:
 locally under a temporary name in the same folder, then linked to the final name (link
 fails if the name exists, so an archive is never replaced) and the temporary removed; in
-an object store as a multipart upload, which holds nothing under the key until it is
-completed. A kill at any moment leaves at most a temporary (removed by the next run,
-which holds the records' lock) or an unfinished upload (aborted by the next run).
+an object store as one put or a multipart upload (s3_stream.py), which holds nothing
+under the key until it is completed. A kill at any moment leaves at most a temporary
+(removed by the next run, which holds the records' lock) or an unfinished upload (aborted
+by the next run).
 
 Reading back for verification goes to where the archive was written: the local file with
 its cached pages dropped first (the re-read comes from the device, not from memory), or
@@ -15,21 +16,19 @@ the object downloaded again.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import re
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..errors import ConfigError, SoftcopyError, from_os_error
+from ..errors import ConfigError, DestinationBusy, SoftcopyError, from_os_error
 from ..locations import is_object_store
 from ..state.records import Records, open_directory, records_dir
 from .base import SinkSpec
+from .s3_stream import IN_FLIGHT, ObjectStream, abort_uploads_of
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-PART_SIZE = 16 << 20  # the first parts of an upload; larger ones follow (see _part_size)
-MAX_PARTS = 10_000
 
 
 def archive_output(location: str, spec: SinkSpec) -> LocalArchive | ObjectArchive:
@@ -62,7 +61,7 @@ class LocalArchive:
         assert records is not None
         if not records.lock():
             records.close()
-            raise ConfigError(
+            raise DestinationBusy(
                 self.final, "pack to destination", "another softcopy is writing this archive"
             )
         self.records = records
@@ -176,7 +175,7 @@ class ObjectArchive:
         self.url = spec.location
         self.name = self.store.prefix.rsplit("/", 1)[-1]
         self.records: Any = None
-        self._upload: _PartWriter | None = None
+        self._upload: ObjectStream | None = None
 
     @property
     def key(self) -> str:
@@ -189,16 +188,7 @@ class ObjectArchive:
         return self.records
 
     def _abort_unfinished(self) -> None:
-        client, bucket = self.store.client, self.store.bucket
-        pages = client.get_paginator("list_multipart_uploads").paginate(
-            Bucket=bucket, Prefix=self.key
-        )
-        for page in pages:
-            for upload in page.get("Uploads", ()):
-                if upload["Key"] == self.key:
-                    client.abort_multipart_upload(
-                        Bucket=bucket, Key=self.key, UploadId=upload["UploadId"]
-                    )
+        abort_uploads_of(self.store.client, self.store.bucket, self.key)
 
     def exists(self) -> bool:
         from .s3 import botocore, is_missing
@@ -212,7 +202,12 @@ class ObjectArchive:
         return True
 
     def writer(self) -> BinaryIO:
-        self._upload = _PartWriter(self)
+        store = self.store
+        checksum = store.settings.checksum
+        in_flight = min(IN_FLIGHT, store.settings.concurrency)
+        self._upload = ObjectStream(
+            store.client, store.bucket, self.key, checksum, self._error, in_flight=in_flight
+        )
         return self._upload  # type: ignore[return-value]
 
     def commit(self) -> None:
@@ -249,97 +244,6 @@ class ObjectArchive:
         self.abort()
         self.store.release()
         self.store.close()
-
-
-class _PartWriter:
-    """A sequential stream uploaded part by part, each part with its SHA-256 for the store
-    to check; nothing is under the key until `complete`."""
-
-    def __init__(self, archive: ObjectArchive) -> None:
-        store = archive.store
-        self.archive = archive
-        self.client, self.bucket, self.key = store.client, store.bucket, archive.key
-        self.sha256 = store.settings.checksum == "sha256"
-        extra = {"ChecksumAlgorithm": "SHA256"} if self.sha256 else {}
-        self.upload_id = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=self.key, **extra
-        )["UploadId"]
-        self.parts: list[dict[str, Any]] = []
-        self.buffer = bytearray()
-        self.closed = False
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        self.buffer += data
-        size = _part_size(len(self.parts))
-        while len(self.buffer) >= size:
-            self._send(bytes(self.buffer[:size]))
-            del self.buffer[:size]
-            size = _part_size(len(self.parts))
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def _send(self, data: bytes) -> None:
-        from .s3 import _b64, botocore
-
-        number = len(self.parts) + 1
-        extra: dict[str, str] = {}
-        if self.sha256:
-            extra["ChecksumSHA256"] = _b64(hashlib.sha256(data).digest())
-        else:
-            extra["ContentMD5"] = _b64(hashlib.md5(data, usedforsecurity=False).digest())
-        try:
-            answer = self.client.upload_part(
-                Bucket=self.bucket,
-                Key=self.key,
-                UploadId=self.upload_id,
-                PartNumber=number,
-                Body=data,
-                **extra,
-            )
-        except botocore.exceptions.ClientError as exc:
-            raise self.archive._error(exc, f"upload part {number} of the archive") from exc
-        entry = {"PartNumber": number, "ETag": answer["ETag"]}
-        if self.sha256:
-            entry["ChecksumSHA256"] = extra["ChecksumSHA256"]
-        self.parts.append(entry)
-
-    def complete(self) -> None:
-        from .s3 import botocore
-
-        if self.buffer or not self.parts:
-            self._send(bytes(self.buffer))
-            self.buffer.clear()
-        try:
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=self.key,
-                UploadId=self.upload_id,
-                MultipartUpload={"Parts": self.parts},
-            )
-        except botocore.exceptions.ClientError as exc:
-            raise self.archive._error(exc, "complete the archive's upload") from exc
-        self.closed = True
-
-    def abort(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self.client.abort_multipart_upload(
-                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id
-            )
-        except Exception:  # the next run aborts what is left (ObjectArchive.open_records)
-            pass
-
-
-def _part_size(parts_sent: int) -> int:
-    """16 MiB parts, doubling every 1,000: an archive of up to ~160 TB fits in 10,000."""
-    return PART_SIZE << min(parts_sent // 1000, 10)
 
 
 class ArchiveAt:

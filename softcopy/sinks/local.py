@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 from blake3 import blake3
 
-from ..errors import ConfigError, SoftcopyError, from_os_error
+from ..errors import ConfigError, DestinationBusy, SoftcopyError, from_os_error
 from ..sources.scan import (
     TEMP_PREFIX,
     DirListing,
@@ -490,7 +490,7 @@ class LocalDirectory:
                 f"records folder {records} beside it",
             ) from exc  # fmt: skip
         if not self.records.lock():
-            raise ConfigError(dst, "copy to destination", _BUSY)
+            raise DestinationBusy(dst, "copy to destination", _BUSY)
 
     def create(self) -> bool:
         dst = Path(self.root)
@@ -509,7 +509,7 @@ class LocalDirectory:
         self._fd = open_directory(self.root, "copy to destination")
         self.records.hold(self._fd)
         if not lock_fd(self._fd):
-            raise ConfigError(
+            raise DestinationBusy(
                 self.root, "copy to destination", f"{_BUSY} (under another name for this "
                 "directory: a symbolic link or a bind mount)",
             )  # fmt: skip

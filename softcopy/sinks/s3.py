@@ -71,7 +71,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Protocol
 
-from ..errors import ConfigError, SoftcopyError
+from ..errors import ConfigError, DestinationBusy, SoftcopyError
 from ..locations import OBJECT_SCHEME, RECORDS_SUFFIX, parse_object_url
 from ..sources.links import followed, followed_version
 from ..sources.scan import (
@@ -739,14 +739,14 @@ class ObjectStore:
             )
         if not stale:
             who = f"pid {holder.get('pid')} on {holder.get('host')}"
-            raise ConfigError(
+            raise DestinationBusy(
                 self.spec.location, "copy to destination", f"{_BUSY} ({who}, lock "
                 f"{records.url('lock')})",
             )  # fmt: skip
         body = self._lock_body()
         taken = records.replace("lock", body, etag) if etag else records.create("lock", body)
         if taken is None:
-            raise ConfigError(self.spec.location, "copy to destination", _BUSY)
+            raise DestinationBusy(self.spec.location, "copy to destination", _BUSY)
         return taken
 
     def _renew(self) -> None:
@@ -857,20 +857,10 @@ class ObjectStore:
         """Every object under the prefix; `exact` False: versions from the listing alone
         (size, and the upload time as mtime), without a HEAD per object."""
         result = ScanResult()
-        start = self.prefix + "/"
         listed: list[tuple[str, Version]] = []
-        try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=start
-            )
-            for page in pages:
-                for entry in page.get("Contents", ()):
-                    if not entry["Key"].endswith("/"):  # another tool's "directory" marker
-                        uploaded = _ns(entry["LastModified"])
-                        version = Version(entry["Size"], uploaded, 0, uploaded)
-                        listed.append((unescape(entry["Key"][len(start) :]), version))
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-            raise self._refusal(exc, "list destination") from exc
+        for key, entry in self._listed():
+            uploaded = _ns(entry["LastModified"])
+            listed.append((key, Version(entry["Size"], uploaded, 0, uploaded)))
         files = [(k, v) for k, v in listed if not is_temporary(k.rpartition("/")[2])]
         result.temporary = [k for k, _ in listed if is_temporary(k.rpartition("/")[2])]
         if not exact:
@@ -882,6 +872,27 @@ class ObjectStore:
                 if version is not None:  # deleted since it was listed
                     result.files[key] = version
         return result
+
+    def objects(self) -> dict[str, tuple[int, str]]:
+        """Every object under the prefix, by source key: (size, ETag), from the listing
+        alone. An ETag changes when the object is written again (any upload, any tool)."""
+        return {key: (entry["Size"], entry["ETag"]) for key, entry in self._listed()}
+
+    def _listed(self) -> list[tuple[str, dict]]:
+        """The listing of the prefix: (source key, the store's entry) per object."""
+        start = self.prefix + "/"
+        found = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=start
+            )
+            for page in pages:
+                for entry in page.get("Contents", ()):
+                    if not entry["Key"].endswith("/"):  # another tool's "directory" marker
+                        found.append((unescape(entry["Key"][len(start) :]), entry))
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise self._refusal(exc, "list destination") from exc
+        return found
 
     def listings(self, exact: bool = True) -> Iterator[DirListing]:
         # One listing of the prefix is paged anyway; with `exact`, versions come from HEADs.

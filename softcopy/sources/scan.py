@@ -196,6 +196,10 @@ def gone(exc: OSError) -> bool:
     return isinstance(exc, FileNotFoundError | NotADirectoryError) or exc.errno == errno.ELOOP
 
 
+def _chunk_order(key: str) -> tuple[int, str]:
+    return len(key), key
+
+
 def iter_dirs(
     root: str,
     rel: str = "",
@@ -223,7 +227,10 @@ def iter_dirs(
                 raise
             yield current, exc
             continue
-        stack.extend(listing.dirs)
+        # Popped in ascending order of (length, name), which for chunk directories is their
+        # index: the ledger's sparse rows then grow at their end instead of being merged
+        # below rows it already holds.
+        stack += sorted(listing.dirs, key=_chunk_order, reverse=True)
         yield current, listing
 
 

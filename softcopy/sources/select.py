@@ -34,6 +34,10 @@ class Selection:
             return False
         return not any(fnmatch.fnmatchcase(key, p) for p in self.exclude)
 
+    def taken(self, key: str) -> bool:
+        """A key a finished run's copy takes: a marker, or wanted (packed, compressed)."""
+        return self.is_marker(key) or self.wanted(key)
+
     @property
     def filters(self) -> bool:
         return bool(self.include or self.exclude)
