@@ -7,11 +7,15 @@ softcopy is then run again on its finished copy (a no-op rerun: everything copie
 journaled). First the start-up listing's rate (`scan_tree` alone, with the ledger's
 `observe_many`, and the supervisor's own first `full_scan`); then for each tool: wall time, user and
 system CPU of the tool and its children, and for softcopy the supervisor's peak RSS (VmHWM
-from /proc, read as it exits) with the bytes per file beyond an empty run's peak.
+from /proc, read as it exits) per file beyond an empty run's peak. With
+several sizes (`--files 200000,400000`) it also prints the slope of each run's peak between
+the smallest and the largest: what one more file costs, without the fixed part (allocator,
+SQLite's cache, the size list's first MiB) that dominates a per-file figure at small sizes.
 
     python benchmarks/scale.py [--files 20000] [--rounds 1] [--nprocs 2]
     python benchmarks/scale.py --files 200000      # the issue's workload (minutes)
     python benchmarks/scale.py --files 200000 --baseline DIR --only-softcopy
+    python benchmarks/scale.py --files 200000,400000 --only-softcopy   # memory per added file
 
 `--baseline DIR` runs the softcopy of another checkout (e.g. `git worktree add DIR HEAD`)
 the same way in the same run, round by round beside this tree's (its listing step too), so
@@ -136,9 +140,25 @@ def timed(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
     return out
 
 
+def sizes(text: str) -> list[int]:
+    """`--files 200000,400000`: ascending distinct sizes."""
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of file counts: {text!r}") from None
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"not a list of file counts: {text!r}")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=20000)
+    parser.add_argument(
+        "--files",
+        type=sizes,
+        default=[20000],
+        help="chunk files; several (200000,400000) also report peak RSS per added file",
+    )
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--extra", default="", help="more softcopy options, e.g. '--hash'")
@@ -153,67 +173,89 @@ def main() -> None:
         label: {**os.environ, "XDG_STATE_HOME": str(base / f"state{i}"), "PYTHONPATH": str(tree)}
         for i, (label, tree) in enumerate(trees.items())
     }
-    softcopy = [sys.executable, "-c", _PEAK]
     try:
-        src = base / "tiny.zarr"
-        build(src, args.files)
         empty = base / "empty.zarr"
         build(empty, 1)
-        files = args.files + 2
-        print(f"{files} files of 1 KiB (+ zarr.json, complete) in {src}")
-        sc = [*softcopy, "copy", "--nprocs", str(args.nprocs), *args.extra.split()]
-        others = {
-            "cp -r": lambda d: ["cp", "-r", str(src), str(d)],
-            "rsync -a": lambda d: ["rsync", "-a", f"{src}/", str(d)],
-        }
-        if args.only_softcopy:
-            others = {}
-        elif shutil.which("rsync") is None:
-            print("  (rsync: not installed, left out)")
-            del others["rsync -a"]
-        # With a baseline, twice in turn: the first listings of a new tree run colder.
-        for label, env in [*envs.items()] * (2 if len(envs) > 1 else 1):
-            print(f"  {label or 'this tree: '}", end="", flush=True)
-            listing = [sys.executable, "-c", _LISTING, str(src)]
-            subprocess.run(listing, check=True, env=env, cwd=tempfile.gettempdir())
-        names = [n for label in trees for n in (f"{label}softcopy", f"{label}rerun")]
-        results: dict[str, list[dict[str, float]]] = {n: [] for n in [*names, *others]}
-        empty_peak: dict[str, list[float]] = {label: [] for label in trees}
-        for i in range(args.rounds):
-            for label, env in envs.items():
-                out = base / f"empty-{i}"
-                empty_peak[label].append(timed([*sc, str(empty), str(out)], env).get("peak_mb", 0))
-                shutil.rmtree(out)
-                shutil.rmtree(f"{out}.softcopy", ignore_errors=True)
-                dst = base / f"out-{i}-softcopy"
-                results[f"{label}softcopy"].append(timed([*sc, str(src), str(dst)], env))
-                results[f"{label}rerun"].append(timed([*sc, str(src), str(dst)], env))
-                shutil.rmtree(dst)
-                shutil.rmtree(f"{dst}.softcopy", ignore_errors=True)
-            for name, cmd in others.items():
-                dst = base / f"out-{i}-{name.split()[0]}"
-                results[name].append(timed(cmd(dst), envs[""]))
-                shutil.rmtree(dst)
-        cp = statistics.median(r["wall"] for r in results["cp -r"]) if others else None
-        for name, runs in results.items():
-            wall = statistics.median(r["wall"] for r in runs)
-            user = statistics.median(r["user"] for r in runs)
-            system = statistics.median(r["sys"] for r in runs)
-            line = (
-                f"  {name:17s} wall {wall:6.2f} s  user {user:6.2f} s  sys {system:6.2f} s  "
-                f"{files / wall:8.0f} files/s"
-            )
-            if cp is not None:
-                line += f"  x{wall / cp:4.2f} of cp -r"
-            if "peak_mb" in runs[0]:
-                label = "before: " if name.startswith("before: ") else ""
-                start_mb = statistics.median(empty_peak[label])
-                peak = statistics.median(r["peak_mb"] for r in runs)
-                per_file = (peak - start_mb) * 1024 * 1024 / files
-                line += f"  peak RSS {peak:6.1f} MB ({per_file:5.0f} B/file over {start_mb:.0f})"
-            print(line)
+        peaks: dict[str, dict[int, float]] = {}  # name -> files -> median peak RSS, MB
+        for count in args.files:
+            for name, peak in run_size(args, base, envs, empty, count).items():
+                peaks.setdefault(name, {})[count + 2] = peak
+        if len(args.files) > 1:
+            # The fixed part of a peak (allocator, SQLite's cache, the size list's first MiB)
+            # cancels out between sizes: what is left is what each file costs.
+            print("peak RSS per added file (slope between sizes):")
+            for name, by_size in peaks.items():
+                (n0, p0), (n1, p1) = min(by_size.items()), max(by_size.items())
+                slope = (p1 - p0) * 1024 * 1024 / (n1 - n0)
+                print(f"  {name:17s} {slope:5.1f} B/file ({n0} -> {n1} files)")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def run_size(
+    args: argparse.Namespace, base: Path, envs: dict[str, dict[str, str]], empty: Path, count: int
+) -> dict[str, float]:
+    """One archive of `count` chunk files through every tool; returns softcopy's median peak
+    RSS (MB) per run name."""
+    softcopy = [sys.executable, "-c", _PEAK]
+    src = base / f"tiny-{count}.zarr"
+    build(src, count)
+    files = count + 2
+    print(f"{files} files of 1 KiB (+ zarr.json, complete) in {src}")
+    sc = [*softcopy, "copy", "--nprocs", str(args.nprocs), *args.extra.split()]
+    others = {
+        "cp -r": lambda d: ["cp", "-r", str(src), str(d)],
+        "rsync -a": lambda d: ["rsync", "-a", f"{src}/", str(d)],
+    }
+    if args.only_softcopy:
+        others = {}
+    elif shutil.which("rsync") is None:
+        print("  (rsync: not installed, left out)")
+        del others["rsync -a"]
+    # With a baseline, twice in turn: the first listings of a new tree run colder.
+    for label, env in [*envs.items()] * (2 if len(envs) > 1 else 1):
+        print(f"  {label or 'this tree: '}", end="", flush=True)
+        listing = [sys.executable, "-c", _LISTING, str(src)]
+        subprocess.run(listing, check=True, env=env, cwd=tempfile.gettempdir())
+    names = [n for label in envs for n in (f"{label}softcopy", f"{label}rerun")]
+    results: dict[str, list[dict[str, float]]] = {n: [] for n in [*names, *others]}
+    empty_peak: dict[str, list[float]] = {label: [] for label in envs}
+    for i in range(args.rounds):
+        for label, env in envs.items():
+            out = base / f"empty-{i}"
+            empty_peak[label].append(timed([*sc, str(empty), str(out)], env).get("peak_mb", 0))
+            shutil.rmtree(out)
+            shutil.rmtree(f"{out}.softcopy", ignore_errors=True)
+            dst = base / f"out-{i}-softcopy"
+            results[f"{label}softcopy"].append(timed([*sc, str(src), str(dst)], env))
+            results[f"{label}rerun"].append(timed([*sc, str(src), str(dst)], env))
+            shutil.rmtree(dst)
+            shutil.rmtree(f"{dst}.softcopy", ignore_errors=True)
+        for name, cmd in others.items():
+            dst = base / f"out-{i}-{name.split()[0]}"
+            results[name].append(timed(cmd(dst), envs[""]))
+            shutil.rmtree(dst)
+    shutil.rmtree(src)
+    cp = statistics.median(r["wall"] for r in results["cp -r"]) if others else None
+    peaks: dict[str, float] = {}
+    for name, runs in results.items():
+        wall = statistics.median(r["wall"] for r in runs)
+        user = statistics.median(r["user"] for r in runs)
+        system = statistics.median(r["sys"] for r in runs)
+        line = (
+            f"  {name:17s} wall {wall:6.2f} s  user {user:6.2f} s  sys {system:6.2f} s  "
+            f"{files / wall:8.0f} files/s"
+        )
+        if cp is not None:
+            line += f"  x{wall / cp:4.2f} of cp -r"
+        if "peak_mb" in runs[0]:
+            label = "before: " if name.startswith("before: ") else ""
+            start_mb = statistics.median(empty_peak[label])
+            peak = peaks[name] = statistics.median(r["peak_mb"] for r in runs)
+            per_file = (peak - start_mb) * 1024 * 1024 / files
+            line += f"  peak RSS {peak:6.1f} MB ({per_file:5.0f} B/file over {start_mb:.0f})"
+        print(line)
+    return peaks
 
 
 if __name__ == "__main__":

@@ -9,13 +9,15 @@ Copy lag, per chunk file: the destination's rename time (its ctime) minus the
 source's last write (its mtime); p50 and p95 over every chunk of the run.
 
     python benchmarks/writer_slowdown.py [--timepoints 5] [--rounds 1] [--formats v3,v2]
-                                         [--dir DIR] [--copy-dir DIR]
+                                         [--dir DIR] [--copy-dir DIR] [--baseline TREE]
                                          [-- extra softcopy copy options]
 
 `--copy-dir` puts the copies on another filesystem than the writer's (an acquisition
 machine copies to a network or another disk; `--copy-dir /dev/shm` here, where there
 is one disk): the writer then competes with softcopy for the CPUs and the source disk's
-reads only, not for the same disk's writes.
+reads only, not for the same disk's writes. `--baseline TREE` measures another softcopy
+tree (on PYTHONPATH) in the same run, alternating with this one; run it from outside
+the checkout, whose folder would otherwise shadow PYTHONPATH.
 
 The default run (both formats, one round of 5 timepoints) takes under two minutes on
 a disk; use `--rounds 5 --timepoints 20` for numbers worth quoting.
@@ -103,47 +105,100 @@ def lags(src: Path, dst: Path) -> list[float]:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process so far (/proc/PID/stat, clock ticks)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return found
+
+
+class Tree:
+    """One softcopy to measure: this checkout, or a baseline tree (--baseline)."""
+
+    def __init__(self, name: str, env: dict) -> None:
+        self.name, self.env = name, env
+        self.times: list[float] = []
+        self.lags: list[float] = []
+        self.cpu = 0.0  # all of softcopy's, copiers and verification included
+        self.live_supervisor = 0.0  # while the writer wrote: the supervisor's own
+        self.live_copiers = 0.0  # and its copiers'
+        self.pauses = 0  # back-offs (the disk or the CPUs busy): the usual cause of long lags
+
+
+def with_softcopy(tree: Tree, src: Path, dst: Path, fmt: str, args: argparse.Namespace) -> None:
+    log = src.parent / "softcopy.log"
+    with log.open("w") as err:
+        copier = subprocess.Popen(
+            [*SOFTCOPY, "copy", str(src), str(dst), "--wait-for-source", *args.extra],
+            stdout=subprocess.DEVNULL, stderr=err, env=tree.env,
+        )  # fmt: skip
+    time.sleep(1.0)  # started and waiting, as it would be before an acquisition
+    tree.times += write(src, fmt, args.timepoints, 1.0)
+    # The CPU softcopy took while the writer wrote is what competed with it.
+    kids = children_of(copier.pid)
+    tree.live_supervisor += cpu_seconds(copier.pid)
+    tree.live_copiers += sum(cpu_seconds(k) for k in kids)
+    # wait4: softcopy's CPU time, its copiers' included (they are its waited-for children)
+    _, status, usage = os.wait4(copier.pid, 0)
+    copier.returncode = os.waitstatus_to_exitcode(status)
+    assert copier.returncode == 0, log.read_text()
+    tree.cpu += usage.ru_utime + usage.ru_stime
+    tree.pauses += log.read_text().count("pausing copiers")
+    tree.lags += lags(src, dst)
+    shutil.rmtree(src)
+    shutil.rmtree(dst)
+
+
 def one_format(base: Path, copies: Path, fmt: str, args: argparse.Namespace, env: dict) -> None:
     alone: list[float] = []
-    copied: list[float] = []
-    all_lags: list[float] = []
-    cpu = 0.0
+    trees = [Tree("this tree", env)]
+    if args.baseline:
+        path = os.pathsep.join([str(Path(args.baseline).resolve()), env.get("PYTHONPATH", "")])
+        trees.append(Tree("baseline", {**env, "PYTHONPATH": path.rstrip(os.pathsep)}))
     for i in range(args.rounds):
         src = base / f"alone-{fmt}-{i}.zarr"
         alone += write(src, fmt, args.timepoints, 1.0)
         shutil.rmtree(src)
-        src, dst = base / f"src-{fmt}-{i}.zarr", copies / f"dst-{fmt}-{i}.zarr"
-        log = base / "softcopy.log"
-        with log.open("w") as err:
-            copier = subprocess.Popen(
-                [*SOFTCOPY, "copy", str(src), str(dst), "--wait-for-source", *args.extra],
-                stdout=subprocess.DEVNULL, stderr=err, env=env,
-            )  # fmt: skip
-        time.sleep(1.0)  # started and waiting, as it would be before an acquisition
-        copied += write(src, fmt, args.timepoints, 1.0)
-        # wait4: softcopy's CPU time, its copiers' included (they are its waited-for children)
-        _, status, usage = os.wait4(copier.pid, 0)
-        copier.returncode = os.waitstatus_to_exitcode(status)
-        assert copier.returncode == 0, log.read_text()
-        cpu += usage.ru_utime + usage.ru_stime
-        all_lags += lags(src, dst)
-        shutil.rmtree(src)
-        shutil.rmtree(dst)
-    a, c = statistics.median(alone), statistics.median(copied)
-    ma, mc = statistics.mean(alone), statistics.mean(copied)
-    print(
-        f"{fmt}: writer time per timepoint (median of {len(alone)}): alone {a * 1e3:.0f} ms, "
-        f"with softcopy {c * 1e3:.0f} ms (x{c / a:.2f}); means {ma * 1e3:.0f} / {mc * 1e3:.0f} ms"
-        f" (x{mc / ma:.2f})"
-    )
-    print(
-        f"{fmt}: copy lag over {len(all_lags)} chunk files: p50 {percentile(all_lags, 0.5):.3f} s,"
-        f" p95 {percentile(all_lags, 0.95):.3f} s, max {max(all_lags):.3f} s"
-    )
+        # Alternating which goes first: the machine's state drifts over a run.
+        for tree in trees if i % 2 == 0 else trees[::-1]:
+            src, dst = base / f"src-{fmt}-{i}.zarr", copies / f"dst-{fmt}-{i}.zarr"
+            with_softcopy(tree, src, dst, fmt, args)
+    a, ma = statistics.median(alone), statistics.mean(alone)
+    print(f"{fmt}: writer alone, per timepoint {[round(x * 1e3) for x in alone]}")
     mb = args.rounds * args.timepoints * 128 * 2**20 / 1e6
-    print(f"{fmt}: softcopy CPU {cpu:.1f} s (user + system, copiers included) for {mb:.0f} MB")
-    print(f"{fmt}: per timepoint alone {[round(x * 1e3) for x in alone]}")
-    print(f"{fmt}: per timepoint with  {[round(x * 1e3) for x in copied]}", flush=True)
+    for tree in trees:
+        c, mc = statistics.median(tree.times), statistics.mean(tree.times)
+        p = f"{fmt} {tree.name}:"
+        print(
+            f"{p} writer time per timepoint (median of {len(alone)}): alone {a * 1e3:.0f} ms, "
+            f"with softcopy {c * 1e3:.0f} ms (x{c / a:.2f}); means {ma * 1e3:.0f} / "
+            f"{mc * 1e3:.0f} ms (x{mc / ma:.2f})"
+        )
+        found = tree.lags
+        print(
+            f"{p} copy lag over {len(found)} chunk files: p50 {percentile(found, 0.5):.3f} s,"
+            f" p95 {percentile(found, 0.95):.3f} s, max {max(found):.3f} s; {tree.pauses} pauses"
+        )
+        print(
+            f"{p} softcopy CPU {tree.cpu:.1f} s for {mb:.0f} MB (user + system, copiers and "
+            f"verification included); while the writer wrote: supervisor "
+            f"{tree.live_supervisor:.2f} s, copiers {tree.live_copiers:.2f} s"
+        )
+        print(f"{p} per timepoint with {[round(x * 1e3) for x in tree.times]}", flush=True)
 
 
 def main() -> None:
@@ -153,6 +208,11 @@ def main() -> None:
     parser.add_argument("--formats", default="v3,v2")
     parser.add_argument("--dir", help="where to write (default: the system's temporary folder)")
     parser.add_argument("--copy-dir", help="where the copies go (default: beside the source)")
+    parser.add_argument(
+        "--baseline",
+        help="another softcopy tree (e.g. `git archive HEAD` unpacked): measured in the same "
+        "run, alternating with this one; run from outside the checkout",
+    )
     parser.add_argument("extra", nargs="*", help="options for `softcopy copy` (after --)")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="softcopy-writer-", dir=args.dir))

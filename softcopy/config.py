@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+import stat
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,9 +13,20 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigError, SoftcopyError
 from .inputs import read_input
 from .locations import RECORDS_SUFFIX, is_object_store, object_url
-from .options import COMMAND_LINE, OPTIONS, Option, option_place, parse_options, target_class
+from .names import safe_text
+from .options import (
+    COMMAND_LINE,
+    OPTIONS,
+    Option,
+    option_action,
+    option_place,
+    parse_options,
+    target_class,
+)
 from .presets import apply_preset
+from .sources.scan import TEMP_PREFIX
 from .state.records import records_dir
+from .units import counted
 
 if TYPE_CHECKING:  # yaml is imported only to read a targets file
     import yaml
@@ -49,7 +61,7 @@ def make_target(source: Any, destination: Any, options: dict[str, Any], where: s
         raise ConfigError(dst, "copy to destination", problem)
     # Links in the paths the user gave are resolved once, here: everything below is
     # then opened without following a link, and one directory has one name.
-    return _packing_checked(
+    cfg = _packing_checked(
         TargetConfig(
             Path(os.path.realpath(src)),
             Path(os.path.realpath(dst)),
@@ -57,6 +69,11 @@ def make_target(source: Any, destination: Any, options: dict[str, Any], where: s
         ),
         where,
     )
+    if not cfg.replace and not (cfg.pack or cfg.compress):
+        problem = not_this_copy(src, dst)
+        if problem is not None:
+            raise ConfigError(dst, "copy to destination", problem)
+    return cfg
 
 
 # Options that only mean something for a packed copy (engine/pack.py).
@@ -68,11 +85,11 @@ def _packing_checked(cfg: TargetConfig, where: str) -> TargetConfig:
     rows = {o.name: o for o in OPTIONS}
     if cfg.compress_include and not cfg.compress:
         place = option_place(where, "compress_include", rows)
-        raise ConfigError(place, "read option", "it applies to --compress: add --compress")
+        raise ConfigError(place, option_action(where), "it applies to --compress: add --compress")
     if cfg.compress and cfg.pack:
         place = option_place(where, "compress", rows)
         raise ConfigError(
-            place, "read option", "an archive is compressed whole: --pack tar.gz or tar.zst "
+            place, option_action(where), "an archive is compressed whole: --pack tar.gz or tar.zst "
             "instead of --compress",
         )  # fmt: skip
     if not cfg.pack:
@@ -82,7 +99,9 @@ def _packing_checked(cfg: TargetConfig, where: str) -> TargetConfig:
             if cfg.compress and name in ("level", "threads"):
                 continue
             place = option_place(where, name, rows)
-            raise ConfigError(place, "read option", "it applies to packed copies: add --pack")
+            raise ConfigError(
+                place, option_action(where), "it applies to packed copies: add --pack"
+            )
     return cfg
 
 
@@ -114,10 +133,12 @@ def remote_problem(text: str, field_name: str = "destination") -> str | None:
             f"it is an object store ({text}): softcopy copies from a local or mounted folder "
             "to object storage, not back; to restore a copy, use the store's own tools"
         )
-    if scheme in UNSUPPORTED_SCHEMES and rest.startswith("/"):
+    if scheme == "file" and rest.startswith("///"):
+        kind = f"a file URL: give the path itself, {rest[2:]}"
+    elif scheme in UNSUPPORTED_SCHEMES and rest.startswith("/"):
         kind = (
-            f"a URL ({scheme}://{rest.lstrip('/')}): {scheme}:// {field_name}s are not "
-            "supported yet; give a local or mounted folder"
+            f"a URL: {scheme}:// {field_name}s are not supported yet; give a local or "
+            "mounted folder"
         )
     else:
         kind = (
@@ -180,6 +201,89 @@ def unrelated_destination(src: Path, dst: Path) -> str | None:
         "it); DESTINATION is the copy itself, not the folder to copy into (as with "
         f"`cp -r SRC DEST/`): to copy into it, give {dst / src.name}"
     )
+
+
+# Examples named in the refusal of a folder that is not this source's copy.
+_SHOWN = 3
+
+
+def not_this_copy(src: Path, dst: Path) -> str | None:
+    """The problem with a folder softcopy meets for the first time (no records beside
+    it) that holds files that cannot be this source's copy, or None.
+
+    A partial copy by cp or rsync holds some of the source's files, each of its size (or
+    being written). A file the source lacks would fail the copy's verification, and one
+    of another size would be overwritten: someone else's data, in a folder softcopy did
+    not make (another acquisition's copy, with the same chunk names). Refused before
+    anything is written; looked at once, the first time, while the records do not exist.
+    """
+    records = records_dir(dst)
+    if not (os.path.isdir(dst) and os.path.isdir(src)) or os.path.lexists(records):
+        return None  # a source not there yet (--wait-for-source): claim() judges it then
+    extra: list[str] = []
+    other: list[str] = []
+    for key, st in _files_below(dst):
+        try:
+            there = os.lstat(src / key)
+        except OSError:
+            there = None
+        if there is None:
+            extra.append(safe_text(key))
+        elif stat.S_IFMT(there.st_mode) != stat.S_IFMT(st.st_mode):
+            other.append(f"{safe_text(key)} (a {_kind(st)} where the source has a {_kind(there)})")
+        elif stat.S_ISREG(st.st_mode) and there.st_size != st.st_size:
+            other.append(
+                f"{safe_text(key)} ({counted(st.st_size, 'byte')}; the source's: "
+                f"{counted(there.st_size, 'byte')})"
+            )
+        if len(extra) >= _SHOWN or len(other) >= _SHOWN:
+            break
+    if not extra and not other:
+        return None
+    said = []
+    if extra:
+        said.append(f"{', '.join(extra)} (not in the source: the copy's verification would fail)")
+    if other:
+        said.append(f"{', '.join(other)} (they would be overwritten)")
+    return (
+        f"it is an existing folder softcopy did not make (no {records.name} beside it), "
+        f"holding files that are not this source's: {'; '.join(said)}. DESTINATION is the "
+        f"copy itself: to copy into the folder, give {dst / src.name}; to make it a copy of "
+        f"{src} anyway (files the source lacks deleted, the others overwritten), add --replace"
+    )
+
+
+def _kind(st: os.stat_result) -> str:
+    if stat.S_ISLNK(st.st_mode):
+        return "link"
+    return (
+        "directory"
+        if stat.S_ISDIR(st.st_mode)
+        else "file"
+        if stat.S_ISREG(st.st_mode)
+        else "special file"
+    )
+
+
+def _files_below(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """(relative path, lstat) of every file and link below root, links not followed;
+    softcopy's temporaries and a filesystem's lost+found left out."""
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            with os.scandir(root / rel if rel else root) as entries:
+                found = list(entries)
+        except OSError:
+            continue  # unreadable: the copy's own checks say so
+        for entry in sorted(found, key=lambda e: e.name):
+            key = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.name.startswith(TEMP_PREFIX) or (not rel and entry.name in _NOT_EVIDENCE):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(key)
+            else:
+                yield key, entry.stat(follow_symlinks=False)
 
 
 Identity = tuple  # (st_dev, st_ino) of a directory, or (that, the names below it not made yet)
@@ -305,10 +409,25 @@ def _parse_yaml(path: Path, text: str) -> tuple[Any, Lines]:
         root = loader.get_single_node()
         doc = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as exc:
-        raise ConfigError(path, "parse targets file", f"not valid YAML: {exc}") from exc
+        raise ConfigError(*_yaml_problem(path, exc)) from None
     finally:
         loader.dispose()
     return doc, _line_map(root)
+
+
+def _yaml_problem(path: Path, exc: Exception) -> tuple[str, str, str]:
+    """(place, action, problem) of a YAML syntax error: the file's line and column, and
+    what the parser found, on one line (its own text spans several, and names no file)."""
+    mark = getattr(exc, "problem_mark", None)
+    place = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    where = getattr(exc, "context_mark", None)
+    if context and where is not None and mark is not None and where.line != mark.line:
+        context += f" that began on line {where.line + 1}"  # an unclosed bracket or quote
+    hint = " (YAML indents with spaces, never tabs)" if "'\\t'" in problem else ""
+    text = f"not valid YAML: {problem}" + (f", {context}" if context else "") + hint
+    return place, "parse targets file", text
 
 
 def _at(path: Path, lines: Lines, *keys: Any) -> str:
@@ -326,6 +445,18 @@ def read_targets_document(path: Path) -> tuple[dict[str, Any], Lines]:
     doc, lines, errors = _read_document(path)
     raise_all(errors)
     return doc, lines
+
+
+def _option_named(key: str) -> str | None:
+    """What to say of a top-level key that is an option's name, or close to one."""
+    from .options import OPTIONS, unknown_key
+
+    names = {o.name for o in OPTIONS}
+    where = "under 'defaults:' (for every target) or in a target"
+    if key in names:
+        return f"'{key}' is an option, which goes {where}"
+    close = unknown_key(key, names).partition("; did you mean ")[2].removesuffix("?")
+    return f"did you mean the option {close}? Options go {where}" if close else None
 
 
 def _read_document(path: Path) -> tuple[dict[str, Any], Lines, list[ConfigError]]:
@@ -356,6 +487,9 @@ def _read_document(path: Path) -> tuple[dict[str, Any], Lines, list[ConfigError]
 
             close = difflib.get_close_matches(str(key), _TOP_LEVEL, n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else ""
+            option = _option_named(str(key))
+            if not close and option:  # `nprocs: 4` at the top, meant for every target
+                hint = f"; {option}"
             unknown.append(ConfigError(
                 f"{_at(path, lines, str(key))}: {key}", "read targets file",
                 f"unknown top-level key{hint} (known: {', '.join(_TOP_LEVEL)})",

@@ -590,21 +590,28 @@ def parse_options(
     """
     rows = {o.name: o for o in table}
     parsed: dict[str, Any] = {}
+    action = option_action(where if place is None else "")
     for name, value in options.items():
         here = place(name) if place else option_place(where, name, rows)
         row = rows.get(name)
         try:
             if row is None:
-                raise ConfigError(here, "read option", unknown_key(name, [*rows, *also]))
+                raise ConfigError(here, action, unknown_key(name, [*rows, *also]))
             try:
                 parsed[name] = row.kind.check(value)
             except ValueError as exc:
-                raise ConfigError(here, "read option", str(exc)) from None
+                raise ConfigError(here, action, str(exc)) from None
         except ConfigError as exc:
             if errors is None:
                 raise
             errors.append(exc)
     return parsed
+
+
+def option_action(where: str) -> str:
+    """ "cannot read option --nprocs: ...", "cannot read targets file t.yaml:3: targets[0].src:
+    ...": what the user typed, or the file they wrote."""
+    return "read option" if where == COMMAND_LINE else "read targets file"
 
 
 def option_place(where: str, name: str, rows: dict[str, Option]) -> str:

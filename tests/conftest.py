@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from softcopy.sources.pressure import BUSY_CPU_ENV
+from softcopy.sources.pressure import BUSY_CPU_ENV, BUSY_IO_ENV
 
 # Two shared cores: an example's time says nothing about the code, so no deadline.
 settings.register_profile("softcopy", deadline=None)
@@ -73,9 +73,12 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
 @pytest.fixture(autouse=True)
 def _no_pause_for_busy_cpus(monkeypatch):
     """Other tests' processes (the other xdist worker's) keep the CPUs busy at times, and
-    softcopy pauses its copiers when others wait for a CPU: no copy here waits for another
-    test's load. The tests of that back-off set their own threshold (test_priority.py)."""
+    softcopy pauses its copiers when others wait for a CPU, or when the system's I/O
+    pressure is high (another test's fsyncs): no copy here waits for another test's load.
+    The tests of that back-off set their own thresholds (test_priority.py, and the busy
+    source disk of test_throttle.py, which is a loop device of its own)."""
     monkeypatch.setenv(BUSY_CPU_ENV, "101")  # above 100 %: never
+    monkeypatch.setenv(BUSY_IO_ENV, "101")
 
 
 @pytest.fixture(autouse=True)
@@ -154,6 +157,14 @@ def wait_for(
         if time.monotonic() > end:
             pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
         time.sleep(0.02)
+
+
+def met_before(dst: Path) -> None:
+    """Leave a folder softcopy did not make as softcopy leaves one it has copied into: its
+    records folder beside it, and no target.json (not its own). A file the source lacks is
+    then a finding of the copy's verification, not a refusal up front (config.not_this_copy
+    looks only at a folder it meets for the first time)."""
+    (dst.parent / f"{dst.name}.softcopy").mkdir()
 
 
 def tree_files(root: Path) -> dict[str, int]:

@@ -16,7 +16,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -106,17 +105,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the moto server exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)  # polling a condition with a deadline, not a guess
-    pytest.fail(f"the moto server never listened on port {port}")
+# A moto server on a port the system picks; prints the port once it listens, then serves
+# until killed.
+_SERVE_ON_ANY_PORT = """
+import threading
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+threading.Event().wait()
+"""
 
 
 @dataclass(frozen=True)
@@ -130,18 +128,21 @@ class AuthServer:
 @pytest.fixture(scope="session")
 def auth_server(s3_server: str) -> Iterator[AuthServer]:
     """A server that checks credentials: its first four requests (the set-up) go unchecked."""
-    port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}
     env.pop("AWS_ENDPOINT_URL", None)
+    # Port 0, and the server says which port it got: no other test can take it meanwhile.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-c", _SERVE_ON_ANY_PORT],
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
-        wait_for_port(port, proc)
-        url = f"http://127.0.0.1:{port}"
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line.strip().isdigit():
+            pytest.fail(f"the moto server did not start (exit {proc.wait()})")
+        url = f"http://127.0.0.1:{int(line)}"
         import boto3
 
         iam = boto3.client("iam", endpoint_url=url)

@@ -289,13 +289,24 @@ def test_foreign_destination_extras_are_reported_not_deleted(tmp_path: Path) -> 
     # Beside a file of the source: a copy made by other means, not a folder to copy into.
     meta = next(p for p in sorted(src.iterdir()) if p.is_file() and p.name != "complete")
     (dst / meta.name).write_bytes(meta.read_bytes())
+    # Met for the first time with a file the source lacks: refused before anything.
+    first = run_softcopy("copy", src, dst)
+    assert first.returncode == 2, first.stderr
+    assert "notes.txt (not in the source" in first.stderr
+    assert sorted(os.listdir(dst)) == sorted([meta.name, "notes.txt"])
+    assert not (tmp_path / "dst.zarr.softcopy").exists()
+    # Without it, the copy made by other means is resumed, and stays someone else's folder:
+    # a file put there later is a finding of every run, and never deleted.
+    (dst / "notes.txt").unlink()
+    assert run_softcopy("copy", src, dst).returncode == 0
+    (dst / "notes.txt").write_text("someone else's file")
     for attempt in range(2):  # a second run must not take the destination for its own
         result = run_softcopy("copy", src, dst)
         assert result.returncode == 1, f"run {attempt}: {result.stderr}"
         assert "extra: notes.txt" in result.stdout
         assert "choose an empty destination" in result.stderr
         assert (dst / "notes.txt").read_text() == "someone else's file"
-        assert not (dst / "complete").exists(), "marker written although verification failed"
+        assert not (tmp_path / "dst.zarr.softcopy" / "certificate.json").exists()
 
 
 def test_symlinks_are_copied_as_links_never_followed(tmp_path: Path) -> None:
@@ -329,15 +340,19 @@ def test_a_file_that_fails_for_good_ends_the_target_failed(tmp_path: Path) -> No
     (src / "sub" / "data").write_text("x")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    dst.mkdir()
-    os.symlink(elsewhere, dst / "sub")  # never written through: every attempt fails
     targets = tmp_path / "targets.yaml"
     targets.write_text(f"targets:\n  - {{source: {src}, destination: {dst}, max_attempts: 2}}\n")
+    assert run_softcopy("run", targets, timeout=60).returncode == 0
+    # A link planted where the copy's directory was (a folder softcopy met before, so no
+    # refusal up front): never written through, every attempt fails.
+    shutil.rmtree(dst / "sub")
+    os.symlink(elsewhere, dst / "sub")
+    (src / "sub" / "data").write_text("y")  # a new version to copy
     result = run_softcopy("run", targets, timeout=60)
     assert result.returncode == 1, result.stderr
     assert "failed: sub/data" in result.stdout
     assert list(elsewhere.iterdir()) == []
-    assert not (dst / "complete").exists()
+    assert not (tmp_path / "dst.zarr.softcopy" / "certificate.json").exists()  # not done
 
 
 def test_a_new_mtime_alone_is_a_new_version(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DEADLINE, run_softcopy, softcopy_cmd
+from conftest import DEADLINE, met_before, run_softcopy, softcopy_cmd
 from test_acquisition import SMALL, simulate
 
 from softcopy.cli import COMMANDS
@@ -80,6 +80,30 @@ def test_log_file_after_the_command_appends_stamped_lines(src: Path, tmp_path: P
     assert lines[0] == "an earlier line"
     assert all(STAMPED.match(line) for line in lines[1:]), lines
     assert sum("finished" in line for line in lines) == 2, lines  # both runs, appended
+
+
+def test_log_file_says_how_the_run_ended_even_with_q(src: Path, tmp_path: Path) -> None:
+    """A run from cron is read from its log: the summary, a failure and an error are there
+    (what stderr shows, stamped), whether or not -q kept stderr quiet."""
+    log = tmp_path / "softcopy.log"
+    done = run_softcopy("copy", src, tmp_path / "d", "-q", "--log-file", log)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert re.search(r" INFO softcopy: done: .* verified", log.read_text()), log.read_text()
+    # A destination holding a file the source lacks: copied, then verification fails.
+    partial = tmp_path / "partial"
+    (partial / "c").mkdir(parents=True)
+    (partial / "notes.txt").write_text("mine")
+    met_before(partial)  # copied into before: a finding of the copy, not a refusal up front
+    failed = run_softcopy("copy", src, partial, "--log-file", log)
+    assert failed.returncode == 1
+    text = log.read_text()
+    assert re.search(r" ERROR softcopy: failed: ", text), text
+    assert re.search(r" ERROR softcopy:   extra: notes.txt", text), text
+    refused = run_softcopy("copy", tmp_path / "missing", tmp_path / "e", "--log-file", log)
+    assert refused.returncode == 2
+    line = f" ERROR softcopy: error: cannot copy source {tmp_path / 'missing'}: it does not exist"
+    assert line in log.read_text()
+    assert all(STAMPED.match(x) for x in log.read_text().splitlines()), log.read_text()
 
 
 def test_log_file_is_never_written_through_a_link(src: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_softcopy
+from conftest import met_before, run_softcopy
 from test_acquisition import SMALL, simulate
 
 from softcopy.cli.render import PLAN_FIELDS
@@ -65,6 +65,7 @@ def test_a_failing_target_reports_findings_and_fails(tmp_path: Path) -> None:
     simulate(src, SMALL)
     dst.mkdir()
     (dst / "notes.txt").write_text("not from the source")  # a destination softcopy did not make
+    met_before(dst)  # and has copied into before: the file is a finding, not a refusal
     # ... holding a file of this source too: a copy made by other means, not a folder to
     # copy into (which is refused before anything: tests/test_input_habits.py).
     meta = next(p for p in sorted(src.iterdir()) if p.is_file() and p.name != "complete")

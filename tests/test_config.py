@@ -112,6 +112,17 @@ BAD_FILES = [
         "t.yaml:2: extra",
         "unknown top-level key (known: targets, watch, defaults)",
     ),
+    # An option at the top, meant for every target: where it goes.
+    (
+        "nproc: 4\ntargets: [{source: a, destination: b}]\n",
+        "t.yaml:1: nproc",
+        "did you mean the option 'nprocs'? Options go under 'defaults:'",
+    ),
+    (
+        "targets: [{source: a, destination: b}]\nsettle: 5\n",
+        "t.yaml:2: settle",
+        "'settle' is an option, which goes under 'defaults:' (for every target) or in a target",
+    ),
     ("defaults: [1]\ntargets: [{source: a, destination: b}]\n", "t.yaml:1: defaults", "mapping"),
     (
         "defaults: {nprocs: 0}\ntargets: [{source: a, destination: b}]\n",
@@ -181,10 +192,17 @@ def test_missing_and_malformed_files(base: Path) -> None:
     with pytest.raises(ConfigError, match="No such file") as info:
         load_targets(base / "missing.yaml")
     assert info.value.path == str(base / "missing.yaml")
-    bad = write(base / "bad.yaml", "targets: [\n  - {source: a\n")
+    bad = write(base / "bad.yaml", "targets:\n  - {source: a, destination: b\n")
     with pytest.raises(ConfigError, match="not valid YAML") as info:
         load_targets(bad)
-    assert info.value.path == str(bad)
+    # Where the parser gave up, and where the unclosed bracket began, on one line.
+    assert info.value.path == f"{bad}:3:1"
+    assert "began on line 2" in str(info.value) and "\n" not in str(info.value)
+    assert "<unicode string>" not in str(info.value)
+    tab = write(base / "tab.yaml", "targets:\n\t- source: a\n")
+    with pytest.raises(ConfigError, match="never tabs") as info:
+        load_targets(tab)
+    assert info.value.path == f"{tab}:2:1"
 
 
 def test_an_invalid_override_is_rejected(base: Path) -> None:

@@ -137,6 +137,24 @@ def test_a_bad_wait_for_source_value_is_a_usage_error(src: Path, tmp_path) -> No
     assert not (tmp_path / "d").exists()
 
 
+def test_an_old_form_that_does_not_parse_gets_its_error_alone(src: Path) -> None:
+    """The hint says what to type from now on: not for a line that is wrong anyway."""
+    result = run_softcopy(src)  # one path: neither of the original's forms parses
+    assert result.returncode == 2
+    assert "Missing argument 'DESTINATION'" in result.stderr
+    assert HINT not in result.stderr, result.stderr
+
+
+def test_the_modern_commands_take_the_original_s_wait_for_source_value(src: Path, tmp_path):
+    """Out of habit, `--wait-for-source true` after `copy`: the value becomes the switch."""
+    for value, dst in (("true", "a"), ("false", "b")):
+        result = run_softcopy("copy", src, tmp_path / dst, "--wait-for-source", value)
+        copied_and_verified(result, src, tmp_path / dst)
+        assert HINT not in result.stderr  # the modern form: nothing to say
+    result = run_softcopy("-v", "copy", src, tmp_path / "c", "--wait-for-source=no")
+    copied_and_verified(result, src, tmp_path / "c")
+
+
 @pytest.mark.parametrize(
     ("typo", "suggestion"), [("cpoy", "copy"), ("stauts", "status"), ("verfy", "verify")]
 )

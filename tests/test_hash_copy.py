@@ -10,7 +10,15 @@ from datetime import datetime
 from pathlib import Path
 
 from blake3 import blake3
-from conftest import assert_same_tree, finish, run_softcopy, start_softcopy, tree_files, wait_for
+from conftest import (
+    assert_same_tree,
+    finish,
+    met_before,
+    run_softcopy,
+    start_softcopy,
+    tree_files,
+    wait_for,
+)
 from test_acquisition import SMALL, assert_arrays_read_back, simulate
 
 import softcopy
@@ -92,6 +100,7 @@ def test_no_certificate_when_verification_failed(tmp_path: Path) -> None:
     simulate(src, SMALL)
     dst.mkdir()
     (dst / "notes.txt").write_text("someone else's file")  # foreign: never deleted
+    met_before(dst)  # and copied into before: the file is a finding, not a refusal
     # Beside a file of the source: a copy made by other means, not a folder to copy into.
     meta = next(p for p in sorted(src.iterdir()) if p.is_file() and p.name != "complete")
     (dst / meta.name).write_bytes(meta.read_bytes())

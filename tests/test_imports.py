@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import DEADLINE, assert_same_tree, run_softcopy
 
-from softcopy.copiers.pool import CopierOptions, _encode
+from softcopy.copiers.protocol import CopierOptions, encode
 from softcopy.zarr.layout import _NESTING_IN_PYTHON, json_nesting
 
 # Modules no copy needs: the writer's libraries, the targets-file parser, the live table.
@@ -47,25 +47,31 @@ ZARR_JSON = {
     "fill_value": 0,
 }
 
-# Runs the `softcopy` program in this process, then reports the modules it left loaded and
-# whether ctypes.util.find_library (which runs `ldconfig -p`, a process) was called. The
-# function is wrapped, never replaced: it still answers.
+# Runs the `softcopy` program in this process and, as it exits (the program ends with
+# os._exit once its exit handlers ran), reports the modules it left loaded and whether
+# ctypes.util.find_library (which runs `ldconfig -p`, a process) was called, and, when the
+# copy started its copiers early, whether numpy was loaded by then. Functions are wrapped,
+# never replaced: they still answer.
 PROGRAM = """
-import ctypes.util, json, runpy, sys
+import atexit, ctypes.util, json, runpy, sys
 report, sys.argv = sys.argv[1], ["softcopy", *sys.argv[2:]]
-calls = []
+calls, early = [], []
 original = ctypes.util.find_library
 def find_library(name):
     calls.append(name)
     return original(name)
 ctypes.util.find_library = find_library
-try:
-    runpy.run_module("softcopy", run_name="__main__", alter_sys=True)
-    code = 0
-except SystemExit as exc:
-    code = exc.code
-with open(report, "w") as f:
-    json.dump({"code": code, "modules": sorted(sys.modules), "find_library": calls}, f)
+from softcopy.copiers import spares
+start = spares.start
+def start_early(n):
+    early.append({"copiers": n, "numpy": "numpy" in sys.modules})
+    return start(n)
+spares.start = start_early
+def write():
+    with open(report, "w") as f:
+        json.dump({"modules": sorted(sys.modules), "find_library": calls, "early": early}, f)
+atexit.register(write)
+runpy.run_module("softcopy", run_name="__main__", alter_sys=True)
 """
 
 
@@ -90,7 +96,7 @@ def run_in_process(tmp_path: Path, *args: object) -> dict:
     )
     assert report.exists(), done.stderr
     result = json.loads(report.read_text())
-    result["stderr"] = done.stderr
+    result["code"], result["stderr"] = done.returncode, done.stderr
     return result
 
 
@@ -104,6 +110,8 @@ def test_a_small_copy_is_verified_without_the_modules_it_does_not_need(tmp_path:
     assert result["code"] == 0, result["stderr"]
     assert_same_tree(src, tmp_path / "dst.zarr")
     assert loaded(result["modules"], NEVER_FOR_A_COPY) == []
+    # Its two copiers were started before the engine was imported: their start-up overlaps it.
+    assert result["early"] == [{"copiers": 2, "numpy": False}]
     # inotify_simple's own way to find libc runs `ldconfig -p` in every run.
     assert result["find_library"] == []
     # The check sees what a command imports: a targets file needs yaml, and yaml is there.
@@ -133,13 +141,14 @@ def test_a_copier_copies_without_arrays_configuration_or_journal(tmp_path: Path)
     parent, child = socket.socketpair()
     options = CopierOptions(str(src), str(dst), sleep_time=0.0, fsync=False, digest=False)
     proc = subprocess.Popen(
-        [sys.executable, "-X", "importtime", "-m", "softcopy.copiers.pool",
-         str(child.fileno()), str(os.getpid()), json.dumps(_encode(options))],
+        [sys.executable, "-X", "importtime", "-m", "softcopy.copiers.child",
+         str(child.fileno()), str(os.getpid()), "19", "1", "1"],
         pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     child.close()
     conn = Connection(parent.detach())
     try:
+        conn.send(("options", encode(options)))
         conn.send(("batch", 1, [("chunk", False)]))
         assert conn.poll(DEADLINE), "the copier never answered"
         message = conn.recv()

@@ -63,6 +63,45 @@ def test_a_folder_to_copy_into_is_refused_when_the_source_appears_later(tmp_path
     assert sorted(os.listdir(dest)) == ["notes.txt", "other.zarr"]
 
 
+def another_acquisition_with_notes(t: Path) -> tuple[Path, Path]:
+    """Another acquisition's copy, named like this one's chunks, with notes beside: what
+    `softcopy copy SRC DEST` would overwrite or fail on if DEST were taken as this copy."""
+    src = make_array(t / "a.zarr", chunks=("0", "1"))
+    (src / "complete").touch()
+    dest = t / "mine"
+    make_array(dest, chunks=("0", "1"))
+    (dest / "0").write_bytes(b"another acquisition's chunk, longer than ours")
+    (dest / "NOTES.txt").write_text("keep me\n")
+    return src, dest
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["copy", "dry-run"])
+def test_a_folder_holding_files_that_are_not_this_copy_is_refused(
+    tmp_path: Path, dry_run: bool
+) -> None:
+    src, dest = another_acquisition_with_notes(tmp_path)
+    before = snapshot(tmp_path)
+    proc = run_softcopy("copy", *(["--dry-run"] if dry_run else []), src, dest)
+    assert proc.returncode == 2, proc.stderr
+    assert_one_error(
+        proc.stderr,
+        f"cannot copy to destination {dest}: it is an existing folder softcopy did not make",
+        "NOTES.txt (not in the source",
+        "0 (45 bytes; the source's: 4 bytes) (they would be overwritten)",
+        f"give {dest}/a.zarr",
+        "add --replace",
+    )
+    assert snapshot(tmp_path) == before  # nothing overwritten, no records folder, no lock
+
+
+def test_replace_makes_a_folder_softcopy_did_not_make_the_copy(tmp_path: Path) -> None:
+    src, dest = another_acquisition_with_notes(tmp_path)
+    proc = run_softcopy("copy", "--replace", src, dest)
+    assert proc.returncode == 0, proc.stderr
+    assert "--replace" in proc.stderr
+    assert_same_tree(src, dest)  # NOTES.txt deleted, chunk 0 rewritten: as asked
+
+
 def partial_cp_copy(src: Path, dest: Path) -> None:
     dest.mkdir()
     shutil.copy2(src / ".zarray", dest / ".zarray")  # cp was stopped after the first file
@@ -98,6 +137,7 @@ REMOTE = [
     ("gdrive:backup", "a remote location"),  # an rclone remote
     ("gs://bucket/run1", "gs:// destinations are not supported yet"),  # s3:// is one
     ("https://example.org/run1", "https:// destinations are not supported yet"),
+    ("file:///data/run1", "it looks like a file URL: give the path itself, /data/run1."),
 ]
 
 
@@ -198,7 +238,7 @@ def test_one_file_and_one_copier_are_singular(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
     assert "with 1 copier\n" in out, out
-    assert ": 1 file (" in proc.stdout, proc.stdout
+    assert ": 2 files (" in proc.stdout and "; 1 copied (" in proc.stdout, proc.stdout  # +marker
     status = run_softcopy("status")
     assert status.returncode == 0, status.stderr
     assert " 1 file (" in status.stdout and "0 files (" in status.stdout, status.stdout
@@ -221,6 +261,26 @@ def test_simulate_into_a_full_folder_says_it_once(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert_one_error(proc.stderr, f"cannot simulate into {tmp_path}/full: the directory is not")
     assert proc.stderr.count("cannot simulate into") == 1, proc.stderr
+    assert proc.returncode == 2  # the path given is the problem: a usage error
+
+
+def test_simulate_under_a_file_or_into_a_full_disk_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "afile").touch()
+    proc = run_softcopy("simulate", tmp_path / "afile" / "x.zarr", "--timepoints", "1")
+    assert proc.returncode == 2, proc.stderr
+    assert_one_error(proc.stderr, f"cannot simulate into {tmp_path}/afile/x.zarr: Not a directory")
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", small]).returncode:
+        pytest.skip("cannot mount a tmpfs")
+    try:
+        proc = run_softcopy("simulate", small / "x.zarr", "--timepoints", "4", "--interval",
+                            "0", "--shape", "4,128,128", "--no-compress")  # fmt: skip
+    finally:
+        subprocess.run(["umount", small], check=True)
+    assert proc.returncode == 1, proc.stderr
+    assert_one_error(proc.stderr, f"cannot simulate into {small}/x.zarr: No space left on device")
+    assert "internal error" not in proc.stderr
 
 
 @pytest.fixture

@@ -286,11 +286,23 @@ def test_findings_and_events_show_hostile_names_escaped(tmp_path: Path) -> None:
     evil = [b"evil\x1b]0;pwned\x07\nforged: line", b"raw \xff"]
     _make(dst, evil)
     _make(dst, [b"data"])  # the source's file too: a copy by other means, not a folder to fill
-    result = run_softcopy(
-        "copy", "--kind", "directory", "--idle-timeout", "0.5", "--ready-age", "0",
-        "--no-progress", "--json", src, dst,
-        env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"},
-    )  # fmt: skip
+    args = ("copy", "--kind", "directory", "--idle-timeout", "0.5", "--ready-age", "0",
+            "--no-progress", "--json", src, dst)  # fmt: skip
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    # Met for the first time with files the source lacks: refused, the names escaped.
+    refused = run_softcopy(*args, env=env)
+    assert refused.returncode == 2, refused.stderr
+    _raw_output_is_clean(refused.stderr)
+    assert "evil\\x1b]0;pwned\\x07\\nforged: line" in refused.stderr, refused.stderr
+    # Met before (a copy of `data` alone), the same files are findings of the copy.
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    for name in evil:
+        os.rename(os.path.join(os.fsencode(dst), name), os.path.join(os.fsencode(hidden), name))
+    assert run_softcopy(*args, env=env).returncode == 0
+    for name in evil:
+        os.rename(os.path.join(os.fsencode(hidden), name), os.path.join(os.fsencode(dst), name))
+    result = run_softcopy(*args, env=env)
     assert result.returncode == 1, result.stderr
     _raw_output_is_clean(result.stderr)
     assert "  extra: evil\\x1b]0;pwned\\x07\\nforged: line (in the destination" in result.stderr

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from softcopy.cli import main
 from softcopy.config import TargetConfig
-from softcopy.copiers.pool import CopierOptions, copier_options
+from softcopy.copiers.pool import copier_options
+from softcopy.copiers.protocol import CopierOptions
 from softcopy.errors import ConfigError
 from softcopy.options import (
     OPTIONS,
@@ -186,7 +187,7 @@ BAD_VALUES = [
 def test_a_bad_targets_file_value_says_what_is_wrong(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         targets_file(text)
-    assert f"cannot read option t.yaml: {message}" in str(info.value)
+    assert f"cannot read targets file t.yaml: {message}" in str(info.value)
 
 
 BAD_FLAGS = [
@@ -201,7 +202,7 @@ BAD_FLAGS = [
         "Invalid value for '--busy-utilisation': 2.0 is not in the range 0.05<=x<=1.0.",
     ),
     (["--kind", "tape"], "Invalid value for '--kind': 'tape' is not one of 'zarr', 'directory'."),
-    (["--max-rate", "fast"], "Invalid value for --max-rate: 'fast' is not a rate"),
+    (["--max-rate", "fast"], "cannot read option --max-rate: 'fast' is not a rate"),  # as copy
 ]
 
 

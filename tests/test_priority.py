@@ -243,3 +243,21 @@ def test_an_idle_supervisor_wakes_about_once_a_second(tmpfs_source: Path) -> Non
     wait_for(quiet_for_a_while, timeout=40, what="<= 1.5 wake-ups/s", proc=proc)
     proc.terminate()
     finish(proc)
+
+
+def test_the_hash_read_back_threads_read_in_the_idle_io_class(tmp_path: Path) -> None:
+    """`--hash` reads the copy back on threads of the supervisor: their reads wait for
+    the writer's disk as the copiers' do, while the supervisor's own thread does not."""
+    from softcopy.verify.early import EarlyReads
+
+    reads = EarlyReads(str(tmp_path), workers=2)
+    try:
+
+        def ioclass() -> int:
+            return psutil.Process(threading.get_native_id()).ionice().ioclass
+
+        classes = {reads._pool.submit(ioclass).result(timeout=30) for _ in range(8)}
+    finally:
+        reads.close()
+    assert classes == {psutil.IOPRIO_CLASS_IDLE}
+    assert psutil.Process(threading.get_native_id()).ionice().ioclass != psutil.IOPRIO_CLASS_IDLE

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_softcopy
+from conftest import met_before, run_softcopy
 
 # The fixtures, shared: a test that takes `src` shadows the import by design.
 # ruff: noqa: F811
@@ -67,6 +67,7 @@ def test_a_failing_quiet_copy_still_says_why(src: Path, tmp_path: Path) -> None:
     dst = tmp_path / "d"
     shutil.copytree(src, dst, symlinks=True)
     (dst / "foreign.txt").write_text("not the source's\n")
+    met_before(dst)  # copied into before: a finding of the copy, not a refusal up front
     failed = run_softcopy("copy", src, dst, "-q")
     assert failed.returncode == 1 and failed.stdout == ""
     assert "failed: " in failed.stderr and "foreign.txt" in failed.stderr

@@ -590,10 +590,7 @@ def test_sd_notify_ready_status_watchdog_and_stopping(roots, notify_socket) -> N
     assert rc == 0, err
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+SERVING = re.compile(r"serving /status and /metrics at http://127\.0\.0\.1:(\d+)/")
 
 
 def _get(port: int, path: str) -> tuple[str, bytes]:
@@ -607,11 +604,14 @@ def _served_runs(src: Path, dst: Path, state: Path, *extra: str) -> tuple[subpro
     finished_run(src / "run_a")
     finished_run(src / "run_b")
     zarr_with_broken_metadata(src / "broken.zarr")
-    port = _free_port()
+    log = state.parent / "watch.log"
+    # Port 0: the system picks a free one, and the watcher says which (no race for a port).
     watcher = start_watch(src, dst, state, *ILLUMINA, "--max-attempts", "1", "--http",
-                          f"127.0.0.1:{port}", *extra)  # fmt: skip
+                          "127.0.0.1:0", "--log-file", log, *extra)  # fmt: skip
     wait_states(state, {"run_a": "done", "run_b": "done", "broken.zarr": "failed"}, proc=watcher)
-    return watcher, port
+    found = SERVING.search(log.read_text())
+    assert found, log.read_text()
+    return watcher, int(found[1])
 
 
 def test_http_status_is_what_status_json_shows(roots) -> None:

@@ -24,7 +24,8 @@ import pytest
 import s3server
 from blake3 import blake3
 
-from softcopy.copiers.pool import CopierOptions, CopierPool
+from softcopy.copiers.pool import CopierPool
+from softcopy.copiers.protocol import CopierOptions
 from softcopy.errors import ConfigError, SoftcopyError
 from softcopy.sinks.base import (
     CHANGED,

@@ -94,6 +94,9 @@ def test_status_of_a_name_the_journal_does_not_know_is_an_error(two_copies, tmp_
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "nothing here" in result.stderr and "journal.sqlite" in result.stderr, result.stderr
     assert "no target or run of that name" in result.stderr
+    # The name the user gave is what could not be shown; the journal is where it looked.
+    said = f"softcopy: error: cannot show {tmp_path / 'nothing here'}: the journal ("
+    assert result.stderr.startswith(said), result.stderr
 
 
 def test_state_filter_prune_and_forget_cover_the_services_runs(tmp_path: Path) -> None:
@@ -174,6 +177,8 @@ def test_forget_of_an_unknown_name_is_an_error(tmp_path: Path) -> None:
     result = forget(tmp_path / "never copied")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "no target or run of that name" in result.stderr, result.stderr
+    said = f"softcopy: error: cannot forget {tmp_path / 'never copied'}: the journal ("
+    assert result.stderr.startswith(said), result.stderr
 
 
 def test_older_than_without_prune_is_a_usage_error() -> None:

@@ -277,7 +277,7 @@ def test_usage_errors_exit_2(pair: tuple[Path, Path], tmp_path: Path) -> None:
     a_file.write_text("x")
     cases = [
         ((src, a_file), "it is not a directory"),
-        ((src, tmp_path / "nowhere"), "it is not a directory"),
+        ((src, tmp_path / "nowhere"), "nowhere: it does not exist"),
         ((src, dst, dst), "give SOURCE DESTINATION or DESTINATION"),
         ((src, dst, "--manifest", tmp_path / "m.b3"), "--manifest checks DESTINATION alone"),
         ((dst,), "cannot read manifest"),  # made without --hash: no sidecar manifest

@@ -38,11 +38,11 @@ def test_every_error_of_the_watch_entries_at_once_with_its_line(tmp_path: Path) 
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().split("\n\n") == [
-        f"softcopy: error: cannot read option {targets}:9: watch[0].nproc: unknown option "
+        f"softcopy: error: cannot read targets file {targets}:9: watch[0].nproc: unknown option "
         "'nproc'; did you mean 'nprocs'?",
-        f"softcopy: error: cannot read option {targets}:10: watch[0].max_runs: 'many' is not "
+        f"softcopy: error: cannot read targets file {targets}:10: watch[0].max_runs: 'many' is not "
         "a whole number >= 1",
-        f"softcopy: error: cannot read option {targets}:11: watch[1].src: unknown option "
+        f"softcopy: error: cannot read targets file {targets}:11: watch[1].src: unknown option "
         "'src'; did you mean 'source_root'?",
         f"softcopy: error: cannot read watch {targets}:13: watch[2]: expected a mapping with "
         "source_root and destination_root",

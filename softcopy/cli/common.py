@@ -123,8 +123,8 @@ def logging_options() -> list[click.Option]:
         click.Option(
             ["-q", "--quiet"],
             is_flag=True,
-            help="Warnings and errors only on stderr (the log file keeps the rest); "
-            "no progress table unless -P.",
+            help="Warnings and errors only on stderr, nothing on success (the log file "
+            "keeps the rest).",
             **common,
         ),
         click.Option(
@@ -179,6 +179,22 @@ def configure(obj: dict[str, Any]) -> None:
     # INFO and DEBUG: noise among softcopy's lines unless debugging.
     for name in ("boto3", "botocore", "s3transfer", "urllib3"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def to_log_file(text: str, level: int = logging.INFO) -> None:
+    """What the program printed (a summary, a plan, an error), into --log-file too, a
+    record per line: the log of a run from cron then says how it ended."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, _LogFile)]
+    if not files:
+        return
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        said = line.removeprefix("softcopy: ")
+        record = logging.LogRecord("softcopy", level, "", 0, said, None, None)
+        for handler in files:
+            if level >= handler.level:
+                handler.handle(record)
 
 
 def _open_log(path: str) -> Any:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..config import TargetConfig, load_targets, make_target
-from ..engine.runner import Runner, StopSignal
-from ..engine.target import Summary
+from ..copiers import spares
 from ..errors import EXIT_FAILED, EXIT_OK, ConfigError, SoftcopyError
 from ..names import safe_text
 from ..options import check_value, cli_values, click_options
+from . import legacy
 from .common import (
     EXIT_CODES_HELP,
     elapsed,
@@ -21,11 +22,15 @@ from .common import (
     settings,
     stats_lines,
     stats_wanted,
+    to_log_file,
     want_stats,
 )
 from .progress import Reporter, make_reporter, verbose_asked
 from .render import plan_text, summary_lines
 from .signals import guarded, say, signals_to
+
+if TYPE_CHECKING:  # imported when a copy starts, after its copiers (see _start_copiers)
+    from ..engine.runner import StopSignal
 
 # Options shared by `copy` and `run` (for `run` they override the targets file).
 _target_options = click_options()
@@ -100,6 +105,7 @@ def copy(
     DESTINATION may be an object store, s3://BUCKET/PREFIX: each file becomes the object
     PREFIX/<path>, the records go under PREFIX.softcopy/ (docs/object-storage.md).
     """
+    legacy.say_hint(ctx)
     _run(
         ctx,
         lambda: [
@@ -127,8 +133,17 @@ def run(
 ) -> None:
     """Copy every target of TARGETS_FILE in parallel, and watch each of its `watch:` roots
     as `softcopy watch` does (see targets.example.yaml)."""
+    legacy.say_hint(ctx)
     run_rate = options.pop("max_rate", None)  # shared by all targets, not one each
-    rate = _parse_rate_option(run_rate) if run_rate else None
+    rates: list[float] = []
+
+    def parse_rate() -> int:
+        rates.append(_parse_rate_option(run_rate))
+        return EXIT_OK
+
+    if run_rate and (code := guarded(ctx, parse_rate)):
+        ctx.exit(code)  # one paragraph, as every error of the command line
+    rate = rates[0] if rates else None
     overrides = cli_values({**options, **_dry(dry_run)})
     loaded: dict[str, list] = {}
 
@@ -168,8 +183,8 @@ def _load_entries(path: Path, overrides: dict[str, Any]) -> tuple[list[TargetCon
 def _parse_rate_option(text: str) -> float:
     try:
         return check_value("max_rate", text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--max-rate") from None
+    except ValueError as exc:  # worded as `copy --max-rate` words it
+        raise ConfigError("--max-rate", "read option", str(exc)) from None
 
 
 def _dry(dry_run: bool) -> dict[str, bool]:
@@ -189,6 +204,7 @@ def _run(
     def body() -> int:
         try:
             targets.extend(make())
+            _start_copiers(targets, dry_run)
             roots = watches() if watches else []
             if not roots:
                 return copy_all(
@@ -214,6 +230,28 @@ def _run(
     ctx.exit(guarded(ctx, body))
 
 
+def _start_copiers(targets: list[TargetConfig], dry_run: bool) -> None:
+    """The copiers of the targets that use them, started before the engine is imported
+    (numpy, the ledger: longer than a copier's own start-up), so the two overlap.
+
+    Not for a destination that holds a finished copy (its certificate): most likely a
+    rerun with nothing to copy, whose copiers start only if work appears."""
+    if not dry_run:
+        spares.start(sum(c.nprocs for c in targets if _copies_with_copiers(c)))
+
+
+def _copies_with_copiers(cfg: TargetConfig) -> bool:
+    from ..locations import is_object_store
+    from ..state.records import records_dir
+    from ..verify.manifest import CERTIFICATE
+
+    if cfg.pack or cfg.compress:
+        return False  # packed or compressed in the supervisor
+    if is_object_store(cfg.destination):
+        return True  # its records are in the store: not worth a request here
+    return not (records_dir(Path(cfg.destination)) / CERTIFICATE).exists()
+
+
 def _copy_and_watch(
     targets: list[TargetConfig], roots: list, reporter: Reporter, run_rate: float | None
 ) -> int:
@@ -221,6 +259,7 @@ def _copy_and_watch(
     services stopped (a signal, or each one's --once)."""
     import threading
 
+    from ..engine.runner import StopSignal
     from ..service.watch import Service
 
     stop = StopSignal()
@@ -254,14 +293,20 @@ def copy_all(
 
     `keep_handlers`: signals stay caught until the process exits (see `signals_to`).
     """
+    from ..engine.runner import Runner
+    from ..engine.target import Summary
+
     reporter = reporter or make_reporter()
-    with Runner(stop, reporter, run_rate) as runner:
-        # The live display ends (its last frame stays) before the summary lines print.
-        signals = signals_to(runner.stop, keep=keep_handlers)
-        with reporter, signals:
-            for cfg in targets:
-                runner.add(cfg)
-            finished = runner.wait()
+    try:
+        with Runner(stop, reporter, run_rate) as runner:
+            # The live display ends (its last frame stays) before the summary lines print.
+            signals = signals_to(runner.stop, keep=keep_handlers)
+            with reporter, signals:
+                for cfg in targets:
+                    runner.add(cfg)
+                finished = runner.wait()
+    finally:
+        spares.discard()  # a rerun with nothing to copy, a refused target: never told a thing
     # With --json, stdout carries the events only: the human lines go to stderr.
     err = reporter.json
     codes = [EXIT_OK]
@@ -274,12 +319,16 @@ def copy_all(
                 codes.append(EXIT_OK if result.plan.get("fits") else EXIT_FAILED)
                 continue
             for text, to_stderr in summary_lines(result, err, quiet_asked()):
-                say(text, err=to_stderr)
+                say(text, err=to_stderr, level=None)
+            # The log file keeps the whole summary, -q or not: how the run ended.
+            level = logging.INFO if result.ok else logging.ERROR
+            for text, _ in summary_lines(result, err, quiet=False):
+                to_log_file(text, level)
             codes.append(EXIT_OK if result.ok else EXIT_FAILED)
         elif isinstance(result, SoftcopyError):
             if len(targets) == 1:
                 raise result
-            say(f"softcopy: error: {safe_text(str(result))}", err=True)
+            say(f"softcopy: error: {safe_text(str(result))}", err=True, level=logging.ERROR)
             if reporter.json:
                 reporter.emit(
                     "error",

@@ -48,6 +48,27 @@ def translate(
     return [command, *rest]
 
 
+def wait_values(args: list[str], valued: Collection[str] = ()) -> list[str]:
+    """`softcopy copy|run ... --wait-for-source true|false`, as the original's users type
+    it in the modern forms too: the value becomes the switch."""
+    positionals = _positionals(args, _VALUED | set(valued))
+    if not positionals or args[positionals[0]] not in ("copy", "run"):
+        return args
+    at = positionals[0] + 1
+    return [*args[:at], *_modern_flags(args[at:])]
+
+
+# Where the group leaves the hint for the command: said only once its line parsed, so a
+# line that is wrong anyway gets its error alone.
+HINT = "softcopy.legacy_hint"
+
+
+def say_hint(ctx: click.Context) -> None:
+    text = ctx.meta.pop(HINT, None)
+    if text:
+        click.echo(text, err=True)
+
+
 def hint(modern: list[str]) -> str:
     """The one line printed first: what to type from now on."""
     import shlex

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # only an annotation: `softcopy --version` need not import th
     from ..engine.runner import StopSignal
 from ..errors import EXIT_FAILED, SoftcopyError
 from ..names import safe_text, utf8_text
+from .common import to_log_file
 
 log = logging.getLogger("softcopy")
 
@@ -91,7 +92,8 @@ def guarded(ctx: click.Context, body: Callable[[], int]) -> int:
             log.exception("error")
         # Every error of an input at once (config.ConfigErrors), one paragraph each.
         errors = getattr(exc, "errors", None) or [exc]
-        say("\n\n".join(f"softcopy: error: {safe_text(str(e))}" for e in errors), err=True)
+        text = "\n\n".join(f"softcopy: error: {safe_text(str(e))}" for e in errors)
+        say(text, err=True, level=logging.ERROR)
         return exc.exit_code
     except Exception as exc:
         # A bug of ours still gets one paragraph; the traceback is for -v and a report.
@@ -117,9 +119,12 @@ def tell(message: str) -> None:
         silence(2)
 
 
-def say(text: str, err: bool = False) -> None:
+def say(text: str, err: bool = False, level: int | None = logging.INFO) -> None:
     """A line of output that cannot turn a finished run into a crash: after a hang-up the
-    terminal is gone (EIO, EPIPE), and a name that is not UTF-8 may not encode."""
+    terminal is gone (EIO, EPIPE), and a name that is not UTF-8 may not encode. It goes
+    to --log-file too, at `level` (None: the caller logs it)."""
+    if level is not None:
+        to_log_file(text, level)
     try:
         try:
             click.echo(text, err=err)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +19,7 @@ import click
 
 from ..config import make_target
 from ..engine.runner import StopSignal
-from ..errors import EXIT_FAILED, EXIT_OK, SoftcopyError
+from ..errors import EXIT_FAILED, EXIT_OK, ConfigError, SoftcopyError, from_os_error
 from ..units import counted
 from ..zarr.simulate import FORMATS, LAYOUTS
 from .copy import copy_all
@@ -92,7 +95,21 @@ def simulate(ctx: click.Context, destination: Path, **options: Any) -> None:
         try:
             summary = run_simulation(destination, spec, log=lambda m: log.info("%s", m))
         except FileExistsError as exc:
-            raise SoftcopyError(destination, "simulate into", _problem(exc, destination)) from exc
+            raise ConfigError(destination, "simulate into", _problem(exc, destination)) from None
+        except OSError as exc:
+            error = from_os_error(exc, "simulate into", destination)
+            if exc.errno in _NOT_A_PLACE:  # where it was told to write: exit 2, fix the path
+                raise ConfigError(error.path, error.action, error.problem) from None
+            raise error from None
+        except ValueError as exc:  # tensorstore's way to say a write failed
+            code = re.search(r"os_error_code='(\d+)'", str(exc))
+            if code is None:
+                raise
+            problem = (
+                f"{os.strerror(int(code[1]))} while writing; what was written stays: remove "
+                f"{destination} before simulating into it again"
+            )
+            raise SoftcopyError(destination, "simulate into", problem) from None
         click.echo(
             f"simulated {counted(summary['files'], 'file')} "
             f"({counted(summary['bytes'], 'byte')}) in "
@@ -101,6 +118,10 @@ def simulate(ctx: click.Context, destination: Path, **options: Any) -> None:
         return EXIT_OK
 
     ctx.exit(guarded(ctx, body))
+
+
+# A destination the simulator cannot write to at all, as opposed to one that fills up.
+_NOT_A_PLACE = frozenset({errno.ENOTDIR, errno.EROFS, errno.EACCES, errno.EPERM, errno.ELOOP})
 
 
 def _problem(exc: FileExistsError, destination: Path) -> str:

@@ -137,10 +137,10 @@ def _one(where: Path, name: str, states: frozenset[str], as_json: bool) -> int:
     targets, runs = matching(read_status(where), read_runs(where), name)
     if not targets and not runs:
         raise ConfigError(
-            where / JOURNAL,
-            f"show {name}",
-            "the journal has no target or run of that name (give a destination or source "
-            "path, or a run's name, as `softcopy status` shows them)",
+            name,
+            "show",
+            f"the journal ({where / JOURNAL}) has no target or run of that name (give a "
+            "destination or source path, or a run's name, as `softcopy status` shows them)",
         )
     runs = [r for r in runs if not states or r["state"] in states]
     targets = [t for t in targets if not states or t["state"] in states]

@@ -162,7 +162,7 @@ def _verify(
     paths = tuple(Path(text) for text in texts)
     for path in paths:
         if not path.is_dir():
-            raise ConfigError(path, "verify", "it is not a directory")
+            raise ConfigError(path, "verify", _not_a_directory(path))
     destination = paths[-1]
     # softcopy's own records, beside the directory the copy resolved DESTINATION to:
     # read without following a link, like every record (any owner may read them).
@@ -389,7 +389,7 @@ def _verify_object_store(
         )
     source = Path(texts[0]) if len(texts) == 2 else None
     if source is not None and not source.is_dir():
-        raise ConfigError(source, "verify", "it is not a directory")
+        raise ConfigError(source, "verify", _not_a_directory(source))
     if source is not None and manifest is not None:
         raise ConfigError(manifest, "verify", "--manifest checks DESTINATION alone; give one path")
     store = store or {}
@@ -455,3 +455,7 @@ def _object_manifest(records: RecordsFolder | None, manifest: Path | None) -> di
         return parse_lines(iter(lambda: body.readline(MAX_LINE + 1), b""), where)
     except ValueError as exc:
         raise ConfigError(where, "read manifest", str(exc)) from exc
+
+
+def _not_a_directory(path: Path) -> str:
+    return "it is not a directory" if os.path.lexists(path) else "it does not exist"

@@ -2,10 +2,11 @@
 
 New or empty: ours. A copy softcopy made of this same source (path and directory
 identity): ours, and files the source lacks are deleted. Not made by softcopy:
-not ours, its files are never deleted; and refused when it holds only names the source
-lacks (a folder to copy into, out of `cp -r` habit). A copy of another source, or of a source
-directory deleted and made again at the same path (a new acquisition): refused,
-unless --replace.
+not ours, its files are never deleted (ours with --replace); and refused when it holds
+only names the source lacks (a folder to copy into, out of `cp -r` habit), or, met for
+the first time, files that cannot be this source's (config.not_this_copy). A copy of
+another source, or of a source directory deleted and made again at the same path (a new
+acquisition): refused, unless --replace.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ def claim(
         problem = foreign(src)
         if problem is not None:
             raise ConfigError(dst, "copy to destination", problem)
+        if cfg.replace:  # asked for: its files the source lacks go, the others are rewritten
+            log.warning("%s: making %s, a folder softcopy did not make, its copy (--replace)",
+                        src, dst)  # fmt: skip
+            return True
         return False
     if previous.get("compressed") and not cfg.replace:
         # A plain copy would find every FILE.gz extra and delete it.

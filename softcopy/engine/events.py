@@ -51,6 +51,9 @@ class Summary:
     files_already_there: int = 0
     files_at_source: int = 0
     bytes_at_source: int = 0
+    # Copied last, after verification, and counted apart (not data); the verified copy
+    # has them too, as `verify` and the certificate count it.
+    markers_copied: int = 0
     seconds: float = 0.0
     failures: dict[str, str] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
@@ -89,8 +92,8 @@ class Summary:
         checked = "verified" if self.ok else "at the source"
         return (
             f"{self.state}: {self.source} -> {self.destination}: "
-            f"{counted(self.files_at_source, 'file')} ({human_bytes(self.bytes_at_source)}) "
-            f"{checked}; "
+            f"{counted(self.files_at_source + self.markers_copied, 'file')} "
+            f"({human_bytes(self.bytes_at_source)}) {checked}; "
             f"{self.files_copied} copied ({human_bytes(self.bytes_copied)}), "
             f"{self.files_deleted} deleted, {self.files_already_there} already there; "
             f"{skipped}{self.seconds:.1f} s, {rate:.1f} MB/s"

@@ -17,8 +17,8 @@ from typing import Any
 
 from ..archives.members import Keep
 from ..config import TargetConfig
-from ..copiers.pool import lower_priority
 from ..errors import ConfigError, SoftcopyError, from_os_error
+from ..priority import lower_priority
 from ..sources.kinds import source_kind
 from ..sources.pressure import DiskPressure
 from ..sources.select import Selection

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -613,43 +614,44 @@ class Ledger:
             self._queue.append(key)
         return True
 
-    def observe_dirs(self, dirs: Iterable[tuple[str, list[str], list[Version]]]) -> list[str]:
-        """observe_many for files given a directory at a time: (directory, keys, versions).
-
-        A directory of "/"-separated chunk files costs one lookup of its array and a memo
-        lookup per name, at C speed; anything else goes through observe_many.
-        """
+    def observe_names(self, dirs: Iterable[tuple[str, list[str], array]]) -> list[str]:
+        """observe_many for files given a directory at a time, as a listing without keys
+        gives them (sources.scan.list_names): (directory, names, their versions as one flat
+        int64 array). A directory of "/"-separated chunk files costs one lookup of its
+        array and a memo lookup per name, at C speed, its versions read in place; a key is
+        made only for a file whose version changed. Anything else goes through
+        observe_many."""
         groups: dict[int, tuple[_ArrayState, list, list, list]] = {}
         rest: list[tuple[str, Version]] = []
-        for dirname, keys, versions in dirs:
+        for dirname, names, flat in dirs:
+            prefix = f"{dirname}/" if dirname else ""
             try:
                 hit = self._dir_cache[dirname]
             except KeyError:
                 hit = self._dir_cache[dirname] = self._find_array(dirname)
-            if hit is None or hit[2] is None or not keys:
-                rest += zip(keys, versions, strict=True)
+            if hit is None or hit[2] is None or not names:
+                rest += _pairs(prefix, names, flat, range(len(names)))
                 continue
             state, _, base = hit
-            cut = len(dirname) + 1 if dirname else 0
-            lasts = self._lasts([k[cut:] for k in keys])
+            lasts = self._lasts(names)
             inside = (lasts >= 0) & (lasts < state.layout.grid[-1])
-            new = np.fromiter(
-                itertools.chain.from_iterable(versions), dtype=np.int64, count=_FIELDS * len(keys)
-            ).reshape(-1, _FIELDS)
+            new = np.frombuffer(flat, dtype=np.int64).reshape(-1, _FIELDS)
             if not inside.all():  # not chunk files of this grid: one by one
-                rest += [(keys[j], versions[j]) for j in np.flatnonzero(~inside).tolist()]
-                keys = [keys[j] for j in np.flatnonzero(inside).tolist()]
+                rest += _pairs(prefix, names, flat, np.flatnonzero(~inside).tolist())
+                names = [names[j] for j in np.flatnonzero(inside).tolist()]
                 lasts, new = lasts[inside], new[inside]
             group = groups.setdefault(id(state), (state, [], [], []))
             group[1].append(base + lasts)
             group[2].append(new)
-            group[3].append(keys)
+            group[3].append((prefix, names))
         changed = self.observe_many(rest) if rest else []
-        for state, indices, news, keys in groups.values():
+        for state, indices, news, named in groups.values():
             idx = np.concatenate(indices)
-            changed += self._observe_rows(
-                state, idx, np.concatenate(news), list(itertools.chain.from_iterable(keys))
-            )
+
+            def keys(named: list[tuple[str, list[str]]] = named) -> list[str]:
+                return [p + n for p, names in named for n in names]
+
+            changed += self._observe_rows(state, idx, np.concatenate(news), keys)
         return changed
 
     def _lasts(self, names: list[str]) -> np.ndarray:
@@ -727,10 +729,14 @@ class Ledger:
         return changed
 
     def _observe_rows(
-        self, state: _ArrayState, idx: np.ndarray, new: np.ndarray, keys: list[str]
+        self,
+        state: _ArrayState,
+        idx: np.ndarray,
+        new: np.ndarray,
+        keys: list[str] | Callable[[], list[str]],
     ) -> list[str]:
         """The source's versions `new` of chunks `idx` (distinct) of one array; returns the
-        keys of those that changed."""
+        keys of those that changed (`keys`: theirs in order, or what makes them)."""
         rows = state.rows(idx)
         if state.sweeping:
             state.flags[rows] |= _SEEN
@@ -739,6 +745,10 @@ class Ledger:
             return []
         state.set_sources(rows[differs], idx[differs], new[differs])
         self._stale = True
+        if callable(keys):
+            keys = keys()
+        if differs.all():
+            return keys
         return [k for k, d in zip(keys, differs.tolist(), strict=True) if d]
 
     def trust_journaled(
@@ -1169,6 +1179,14 @@ _Rows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, dict[int, t
 def _no_rows() -> _Rows:
     empty = np.zeros(0, dtype=np.int64)
     return empty, np.zeros((0, _FIELDS), np.int64), np.zeros(0, np.uint8), None, {}
+
+
+def _pairs(
+    prefix: str, names: list[str], flat: array, positions: Iterable[int]
+) -> list[tuple[str, Version]]:
+    """(key, version) of the files at `positions` of a listing without keys."""
+    make = tuple.__new__
+    return [(prefix + names[j], make(Version, flat[4 * j : 4 * j + 4])) for j in positions]
 
 
 def _coordinate(name: str) -> int:

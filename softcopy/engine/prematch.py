@@ -4,14 +4,15 @@ source.
 A rerun lists the destination and asks the journal about every file there. Neither needs
 the source, and both are per-file Python work that would otherwise follow the source's
 listing on the same core: here they run beside it, on another. This process walks the
-destination as the local sink's listings do (`iter_dirs`: no link followed), asks the
-journal a batch of files at a time through a read-only connection, and writes what the
-match needs into an unlinked temporary file, batch by batch: per directory its temporary
-files, links and whether it could be examined; per batch the names, the destination's
-versions, the journal's records and digests, and the size list's lines. The supervisor
-reads it once its own listing is done and decides everything itself (engine/target.py);
-nothing here writes to either tree or to the journal. If this process fails in any way,
-the supervisor lists the destination itself, as without it.
+destination as the local sink's listings do (`iter_dir_names`: no link followed; names and
+a flat array of versions, no key or Version per file), asks the journal about each large
+directory as one range of its keys and about the rest a batch of keys at a time, through a
+read-only connection, and writes what the match needs into an unlinked temporary file,
+batch by batch: per directory its temporary files, links and whether it could be examined;
+per batch the names, the destination's versions, the journal's records and digests, and
+the size list's lines. The supervisor reads it once its own listing is done and decides
+everything itself (engine/target.py); nothing here writes to either tree or to the journal.
+If this process fails in any way, the supervisor lists the destination itself, as without it.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from itertools import chain
 from pathlib import Path
 from typing import BinaryIO
 
-from ..sources.scan import DirListing, iter_dirs
+from ..sources.scan import DirNames, iter_dir_names
 from ..sources.select import Selection
-from ..state.journal import copied_at, open_reader
-from ..verify.sizes import format_entry
+from ..state.journal import copied_at, copied_in, open_reader
+from ..verify.sizes import format_entries
 from ..zarr.layout import METADATA_NAMES
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 # holds one batch's names and arrays at a time (about 100 B per file while it lives).
 BATCH = 4096
 _NONE = (-1, -1, -1, -1)  # no journal record: a version no file has
+# A directory of this many files or more is looked up in the journal as a range of keys: below,
+# a query of its own costs more than its keys in a batch's.
+_RANGE_FROM = 64
 _METADATA = tuple(METADATA_NAMES)  # as verify.compare.is_metadata
 
 
@@ -82,54 +86,96 @@ def serve(
     """Walk `root` and write its Directory, Batch and End records to `out`."""
     db = open_reader(journal)
     wanted = select.wanted
-    dirs: list[tuple[str, list[str]]] = []
-    keys: list[str] = []
-    versions: list[tuple[int, ...]] = []
+    every = not (select.sentinels or select.include or select.exclude)  # as Selection.wanted
+    pending = _Pending()
     markers: list[str] = []
     first = True
 
     def send(record: object) -> None:
         pickle.dump(record, out, protocol=pickle.HIGHEST_PROTOCOL)
 
-    for rel, listing in iter_dirs(root):
+    for rel, listing in iter_dir_names(root):
         if isinstance(listing, OSError):
-            listing = DirListing(errors=[(rel, listing)])
-        if first:  # the root: where markers are
-            markers = [k for k in (*listing.files, *listing.links) if select.is_marker(k)]
+            listing = DirNames(errors=[(rel, listing)])
+        if first:  # the root, where names are keys: where markers are
+            markers = [k for k in (*listing.names, *listing.links) if select.is_marker(k)]
             first = False
         if listing.temporary or listing.links or listing.errors:
             doubt = bool(listing.errors or listing.temporary)
             send(Directory(listing.temporary, listing.links, doubt))
-        files = [k for k in listing.files if wanted(k)]
-        if files:
-            cut = len(rel) + 1 if rel else 0
-            dirs.append((rel, [k[cut:] for k in files]))
-            keys += files
-            get = listing.files.__getitem__
-            versions += map(get, files)
-        if len(keys) >= batch:
-            send(_batch(db, target, dirs, keys, versions))
-            dirs, keys, versions = [], [], []
-    if keys:
-        send(_batch(db, target, dirs, keys, versions))
+        names, versions = listing.names, listing.versions
+        if not (rel and every):  # at the root (markers), or with patterns: some may not be
+            prefix = f"{rel}/" if rel else ""
+            kept = [i for i, n in enumerate(names) if wanted(prefix + n)]
+            if len(kept) < len(names):
+                names = [names[i] for i in kept]
+                versions = array(
+                    "q", chain.from_iterable(versions[4 * i : 4 * i + 4] for i in kept)
+                )
+        if names:
+            pending.add(db, target, rel, names, versions, not listing.dirs)
+        if pending.count >= batch:
+            send(pending.batch(db, target))
+            pending = _Pending()
+    if pending.count:
+        send(pending.batch(db, target))
     send(End(markers))
     out.flush()
 
 
-def _batch(
-    db: sqlite3.Connection, target: int, dirs: list, keys: list[str], versions: list
-) -> Batch:
-    rows = copied_at(db, target, keys)
-    records = array("q", chain.from_iterable([_NONE if r[0] is None else r[:4] for r in rows]))
-    lines = "".join([format_entry(k, v[0], v[1]) for k, v in zip(keys, versions, strict=True)])
-    return Batch(
-        dirs,
-        array("q", chain.from_iterable(versions)).tobytes(),
-        records.tobytes(),
-        {i: r[4] for i, r in enumerate(rows) if r[4]},
-        lines.encode("utf-8", "surrogateescape"),
-        [i for i, k in enumerate(keys) if k.endswith(_METADATA)],
-    )
+class _Pending:
+    """One batch as it is gathered, directory by directory. A directory of many files and
+    no subdirectory is looked up in the journal as one range of keys when it is listed;
+    the rest, key by key, when the batch is sent."""
+
+    def __init__(self) -> None:
+        self.dirs: list[tuple[str, list[str]]] = []
+        self.there = array("q")
+        self.rows: list[tuple | None] = []  # the journal's, per file; None: not asked yet
+        self.later: list[str] = []  # keys of the rows not asked yet, in order
+        self.lines: list[str] = []
+        self.metadata: list[int] = []
+        self.count = 0
+
+    def add(
+        self,
+        db: sqlite3.Connection,
+        target: int,
+        rel: str,
+        names: list[str],
+        versions: array,
+        leaf: bool,
+    ) -> None:
+        prefix = f"{rel}/" if rel else ""
+        self.dirs.append((rel, names))
+        self.there.extend(versions)
+        rows = copied_in(db, target, rel, names) if leaf and len(names) >= _RANGE_FROM else None
+        if rows is None:
+            self.rows += [None] * len(names)
+            self.later += [prefix + n for n in names]
+        else:
+            self.rows += rows
+        self.lines.append(format_entries(prefix, names, versions[0::4], versions[1::4]))
+        # Whether any name is a metadata file's, at C speed: one search per metadata name.
+        joined = "\n".join(names) + "\n"
+        if any(m + "\n" in joined for m in _METADATA):
+            self.metadata += [self.count + i for i, n in enumerate(names) if n.endswith(_METADATA)]
+        self.count += len(names)
+
+    def batch(self, db: sqlite3.Connection, target: int) -> Batch:
+        rows = self.rows
+        if self.later:
+            asked = iter(copied_at(db, target, self.later))
+            rows = [next(asked) if r is None else r for r in rows]
+        records = array("q", chain.from_iterable([_NONE if r[0] is None else r[:4] for r in rows]))
+        return Batch(
+            self.dirs,
+            self.there.tobytes(),
+            records.tobytes(),
+            {i: r[4] for i, r in enumerate(rows) if r[4]},
+            "".join(self.lines).encode("utf-8", "surrogateescape"),
+            self.metadata,
+        )
 
 
 def main() -> None:

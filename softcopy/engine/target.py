@@ -45,7 +45,7 @@ from ..verify.compare import Verification, compare_trees
 from ..verify.early import EarlyReads
 from ..verify.manifest import CERTIFICATE, MANIFEST
 from ..verify.sizes import SIZE_LIST
-from .backoff import Backoff
+from .backoff import Backoff, shares_disk
 from .checkpoint import Checkpoints
 from .claim import claim, previous_target, source_identity
 from .end import (
@@ -77,9 +77,14 @@ log = logging.getLogger(__name__)
 
 _SUPERVISOR_NICE = 10
 _LOG_EVERY = 10.0
-# The loop's longest sleep while copying, and how often it reads change notifications.
+# The loop's longest sleep while copying, and how often it reads change notifications:
+# every _EVENTS_EVERY while a copier could take new work, every _EVENTS_EVERY_BUSY while
+# every copier is busy and work is queued (files seen sooner would not be copied sooner,
+# and each read's work, a look per file and a listing per new directory, is the bulk of
+# the supervisor's CPU, taken from a writer at full speed).
 _BUSY_WAIT = 0.5
 _EVENTS_EVERY = 0.05
+_EVENTS_EVERY_BUSY = 0.2
 # The destination holds a copy whose source version is not proven (racy.py): it is
 # compared again. Negative fields read as "absent" everywhere, and match no version.
 _UNPROVEN = Version(-2, -2, -2, -2)
@@ -196,6 +201,11 @@ class Supervisor:
             # The first sample's interval spans the scan: known before any file is copied.
             pressure = DiskPressure(self.src, busy_utilisation=self.cfg.busy_utilisation)
             self.backoff.pressure = pressure
+            # Copies onto another device, of files the page cache holds, leave the source
+            # disk alone: its load is then no reason to pause (Backoff.disk_matters).
+            local = self.sink.capabilities.local_paths
+            self.backoff.shares_disk = local and shares_disk(pressure.device, self.dst)
+            self.backoff.own_pids = lambda: self.pool.pids() if self.pool else []
         self._choose_event_source()
         side = self._start_destination_side()
         try:
@@ -223,7 +233,10 @@ class Supervisor:
             )
         copiers = counted(self.cfg.nprocs, "copier")
         log.info("%s: copying to %s with %s", self.src, self.dst, copiers)
-        self.backoff.check(copying=self.ledger.pending_count() > len(self.compare_first))
+        self.backoff.check(
+            copying=self.ledger.pending_count() > len(self.compare_first),
+            copied=self.summary.bytes_copied,
+        )
         reason = self._loop(finishing=False)
         if reason is None:
             return self._interrupted()
@@ -638,8 +651,9 @@ class Supervisor:
         for key in lost:
             self.ledger.set_inflight(key, False)
             self.ledger.requeue(key)
+        now = time.monotonic()
         if outcomes:
-            self._last_advance = time.monotonic()
+            self._last_advance = now
         for o in outcomes:
             if o.status in (COPIED, SAME):
                 # Before the ledger forgets it: did the destination hold another version?
@@ -661,7 +675,7 @@ class Supervisor:
                     self.checkpoints.copied.append((o.key, o.version, o.digest))
                     if self.early is not None:
                         self.early.copied(o.key, o.version)
-                self.progress.published(o.key, time.monotonic())
+                self.progress.published(o.key, now)
                 if o.status == COPIED:
                     self.summary.files_copied += 1
                     self.summary.bytes_copied += o.nbytes
@@ -686,8 +700,9 @@ class Supervisor:
                     # The copier saw a version we never observed (e.g. a change of mtime
                     # alone, or an event lost): look again rather than trust either.
                     self.view.look(o.key)
-                if self.ledger.needs_work(o.key):
-                    self.ledger.requeue(o.key)  # the source moved on meanwhile
+                    # (Otherwise the ledger holds the copied version as the source's: no work.)
+                    if self.ledger.needs_work(o.key):
+                        self.ledger.requeue(o.key)  # the source moved on meanwhile
             elif o.status == DELETED:
                 self.racy.settle(o.key)
                 self.ledger.set_copied(o.key, None)
@@ -729,22 +744,22 @@ class Supervisor:
 
     def _file_event(self, event: str, key: str, **fields: object) -> None:
         """One file's outcome: always in the run log, in the events with --file-events."""
-        record = self._log_line(event, key, **fields)
-        if self.cfg.file_events and self.events is not None:
-            self.events(record)
-
-    def _log_line(self, event: str, key: str, **fields: object) -> dict:
-        record = {
-            "event": event,
-            "time": time.time(),
-            "source": self.src,
-            "destination": self.dst,
-            "key": key,
-        } | fields
+        when = time.time()
         runlog = self._run_log()
         if runlog is not None:
-            runlog.add({"schema": 1} | record)
-        return record
+            runlog.add_file(event, when, (self.src, self.dst), key, fields)
+        if self.cfg.file_events and self.events is not None:
+            self.events(
+                {"event": event, "time": when, "source": self.src, "destination": self.dst}
+                | {"key": key}
+                | fields
+            )
+
+    def _log_line(self, event: str, key: str, **fields: object) -> None:
+        """A file's line in the run log only (its event went out another way)."""
+        runlog = self._run_log()
+        if runlog is not None:
+            runlog.add_file(event, time.time(), (self.src, self.dst), key, fields)
 
     def _run_log(self) -> RunLog | None:
         """The records folder's log.jsonl, only while this run holds its lock."""
@@ -857,7 +872,8 @@ class Supervisor:
             # read in batches, at most every _EVENTS_EVERY: a writer making thousands of files
             # a second then costs the supervisor a few wake-ups, not one per file.
             sources = [self.stop, *self.pool.connections()]
-            events_due = events_read + _EVENTS_EVERY - now
+            saturated = not self.queue_empty and not self.pool.idle()
+            events_due = events_read + (_EVENTS_EVERY_BUSY if saturated else _EVENTS_EVERY) - now
             if self.view.watcher is not None and events_due <= 0:
                 sources.append(self.view.watcher)
             timeout = self._wait_timeout(now)
@@ -865,20 +881,29 @@ class Supervisor:
                 timeout = min(timeout, events_due)
             ready = wait(sources, timeout)
             for source in ready:
-                if source is self.view.watcher:
-                    self.view.on_events()
-                    events_read = time.monotonic()
-                elif source is not self.stop:
+                if source is not self.view.watcher and source is not self.stop:
                     self._on_results(source)
+            if self.view.watcher in ready:
+                # Copiers first: a copier that just reported gets its next batch before the
+                # notifications are handled (a new directory's listing takes a while).
+                if len(ready) > 1 and self._may_go_on():
+                    self._dispatch()
+                self.view.on_events()
+                events_read = time.monotonic()
             now = time.monotonic()
             if now >= self.view.next_scan:
                 self.view.full_scan()
             if self.checkpoints.due(now):
                 self._checkpoint()
             if now - self.progress.last >= REPORT_EVERY:
-                self.backoff.check(copying=self._copy_work())
+                self.backoff.check(copying=self._copy_work(), copied=self.summary.bytes_copied)
                 self._report_progress()
                 self._say_why_no_progress(now, finishing)
+                if self._runlog is not None and not self.pool.in_flight():
+                    self._runlog.idle()  # lines the last outcomes left in the buffer
+
+    def _may_go_on(self) -> bool:
+        return self.fatal is None and not self.stop.level and not self.sink.lock_lost
 
     def _wait_timeout(self, now: float) -> float:
         """How long the loop may sleep when nothing wakes it.
@@ -1107,7 +1132,7 @@ class Supervisor:
         # verified copy.
         digests.update(self.sink.write_markers(self.src, markers, self.cfg.hash))
         self._markers = markers
-        self._markers_copied = len(markers)
+        self._markers_copied = self.summary.markers_copied = len(markers)
         self._marker_bytes = sum(
             v.size
             for k, v in self.view.markers.items()

@@ -375,6 +375,10 @@ class Service:
             self._watcher = self._make_watcher()
             self._renewer.start()
             self._notify("READY=1")
+            if self.server is not None:  # the port it has, for --http HOST:0 too
+                host, port = self.server.address
+                shown = f"[{host}]" if ":" in host else host
+                log.info("serving /status and /metrics at http://%s:%d/", shown, port)
             log.info(
                 "watching %s for runs, copying each to %s (%d at once)",
                 self.root,

@@ -33,6 +33,11 @@ _PSI_CPU = "/proc/pressure/cpu"
 # environment: tests set it low to pause under a small real load, or above 100 (never).
 BUSY_CPU_ENV = "SOFTCOPY_BUSY_CPU_PRESSURE"
 _BUSY_CPU = 90.0
+# Percent of the last 10 s in which some task stalled on I/O (system-wide PSI) that counts
+# as busy; quiet again below a third of it. Internal, as above: the tests of other things
+# set it above 100, so that one test's fsyncs do not pause another's copy for 30 s.
+BUSY_IO_ENV = "SOFTCOPY_BUSY_IO_PRESSURE"
+_BUSY_IO = 60.0
 
 
 def block_device(path: str) -> str | None:
@@ -142,15 +147,18 @@ class DiskPressure:
         path: str,
         busy_utilisation: float = 0.75,
         quiet_utilisation: float | None = None,
-        busy_psi: float = 60.0,
-        quiet_psi: float = 20.0,
+        busy_psi: float | None = None,
+        quiet_psi: float | None = None,
         busy_cpu: float | None = None,
     ) -> None:
         self.device = block_device(path)
         self.busy_utilisation = busy_utilisation
         # Hysteresis: resume only well below the pause threshold, so copiers do not flap.
         self.quiet_utilisation = quiet_utilisation or 0.6 * busy_utilisation
-        self.busy_psi, self.quiet_psi = busy_psi, quiet_psi
+        if busy_psi is None:
+            busy_psi = float(os.environ.get(BUSY_IO_ENV) or _BUSY_IO)
+        self.busy_psi = busy_psi
+        self.quiet_psi = busy_psi / 3 if quiet_psi is None else quiet_psi
         if busy_cpu is None:
             busy_cpu = float(os.environ.get(BUSY_CPU_ENV) or _BUSY_CPU)
         self.busy_cpu, self.quiet_cpu = busy_cpu, 0.5 * busy_cpu

@@ -6,9 +6,12 @@ import errno
 import os
 import re
 import stat
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from itertools import chain
+from operator import attrgetter
+from typing import NamedTuple, TypeVar
 
 # Writers publish by renaming a temporary file onto the final name; the temporary
 # names below never hold a finished file and are never copied.
@@ -18,6 +21,7 @@ from typing import NamedTuple
 _WRITER_TEMP = re.compile(r"(\.__lock|\.[0-9a-f]{32}\.partial)$")
 TEMP_PREFIX = ".softcopy-tmp."
 _TEMP_ENDINGS = (".__lock", ".partial")
+_VERSION_FIELDS = attrgetter("st_size", "st_mtime_ns", "st_ino", "st_ctime_ns")  # a Version's
 
 
 class Version(NamedTuple):
@@ -191,6 +195,73 @@ def list_dir(root: str, rel: str, files: dict[str, Version] | None = None) -> Di
     return out
 
 
+@dataclass
+class DirNames:
+    """One directory's entries as `list_names` gives them: its files by name, their versions
+    in one flat array; everything else keyed below the tree's root, as in DirListing."""
+
+    names: list[str] = field(default_factory=list)
+    versions: array = field(default_factory=lambda: array("q"))  # (size, mtime, ino, ctime)
+    links: list[str] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)
+    temporary: list[str] = field(default_factory=list)
+    errors: list[tuple[str, OSError]] = field(default_factory=list)
+    newest_ns: int = 0  # as DirListing's
+
+
+def list_names(root: str, rel: str) -> DirNames:
+    """list_dir for a caller that wants names and a flat array of versions, not a dict of
+    keys: no key string, no Version and no dict entry per file (a sixth of a listing's
+    work). The same entries, examined the same way."""
+    path = os.path.join(root, rel) if rel else root
+    fd = os.open(path, _BELOW if rel else _BELOW & ~os.O_NOFOLLOW)
+    out = DirNames()
+    names, links, dirs, temporary = out.names, out.links, out.dirs, out.temporary
+    stats: list[os.stat_result] = []
+    add, keep = names.append, stats.append
+    is_reg, is_lnk = stat.S_ISREG, stat.S_ISLNK
+    temp_search = _WRITER_TEMP.search
+    try:
+        st = os.fstat(fd)
+        newest = max(st.st_mtime_ns, st.st_ctime_ns)
+        with os.scandir(fd) as it:
+            entries = list(it)
+        prefix = f"{rel}/" if rel else ""
+        for entry in entries:
+            name = entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    dirs.append(prefix + name)
+                    continue
+                if name.startswith(TEMP_PREFIX) or (
+                    name.endswith(_TEMP_ENDINGS) and temp_search(name) is not None
+                ):
+                    temporary.append(prefix + name)
+                    continue
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                out.errors.append((prefix + name, exc))
+                continue
+            mode = st.st_mode
+            if is_reg(mode):
+                add(name)
+                keep(st)
+            elif is_lnk(mode):
+                links.append(prefix + name)
+                newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
+    finally:
+        os.close(fd)
+    # The four fields of every file at once, at C speed: a tuple per file was a sixth of this.
+    out.versions = array("q", list(chain.from_iterable(map(_VERSION_FIELDS, stats))))
+    out.newest_ns = newest
+    return out
+
+
+_Listed = TypeVar("_Listed", "DirListing", "DirNames")
+
+
 def gone(exc: OSError) -> bool:
     """A directory that vanished or became something else while a tree was walked."""
     return isinstance(exc, FileNotFoundError | NotADirectoryError) or exc.errno == errno.ELOOP
@@ -213,13 +284,29 @@ def iter_dirs(
     there sees every later change, and nothing falls between the two. `files`: as for
     `list_dir`, one dict for every directory's files.
     """
+    return _walk(root, rel, on_dir, lambda current: list_dir(root, current, files))
+
+
+def iter_dir_names(
+    root: str, rel: str = "", on_dir: Callable[[str], None] | None = None
+) -> Iterator[tuple[str, DirNames | OSError]]:
+    """iter_dirs with each directory as `list_names` gives it."""
+    return _walk(root, rel, on_dir, lambda current: list_names(root, current))
+
+
+def _walk(
+    root: str,
+    rel: str,
+    on_dir: Callable[[str], None] | None,
+    list_one: Callable[[str], _Listed],
+) -> Iterator[tuple[str, _Listed | OSError]]:
     stack = [rel]
     while stack:
         current = stack.pop()
         if on_dir is not None:
             on_dir(current)
         try:
-            listing = list_dir(root, current, files)
+            listing = list_one(current)
         except OSError as exc:
             if gone(exc):
                 continue  # the writer deleted it (or swapped it for a link) while we walked

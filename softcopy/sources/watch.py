@@ -127,6 +127,10 @@ class TreeWatcher:
                     pass  # already gone: its IN_IGNORED is queued
 
     def read(self, timeout_ms: int = 0) -> list[Hint]:
+        """The hints of every event queued, coalesced (see `coalesced`)."""
+        return coalesced(self._read(timeout_ms))
+
+    def _read(self, timeout_ms: int) -> list[Hint]:
         hints: list[Hint] = []
         for event in self._inotify.read(timeout=timeout_ms):
             if event.mask & F.Q_OVERFLOW:
@@ -164,3 +168,40 @@ class TreeWatcher:
                 continue
             hints.append(Hint("file", key))
         return hints
+
+
+def coalesced(hints: list[Hint]) -> list[Hint]:
+    """The hints of one read, each thing to look at once.
+
+    Every hint is acted on after the whole read, so a later one adds nothing that an
+    earlier one will not see: tensorstore's rename and its close name the same file
+    (two hints, one look), a directory's scan lists what was made in it after it was
+    made, and a rescan lists everything. A hint before the directory hint that covers
+    it stays (a file deleted in a directory later made anew under the same name).
+    """
+    if len(hints) < 2:
+        return hints
+    if Hint("rescan") in hints:
+        return [Hint("rescan")]
+    out: list[Hint] = []
+    seen: set[Hint] = set()
+    scanned: set[str] = set()  # directories this read's hints list, whole
+    for hint in hints:
+        if hint in seen or (scanned and _below(hint.key, scanned)):
+            continue
+        seen.add(hint)
+        out.append(hint)
+        if hint.kind == "dir":
+            scanned.add(hint.key)
+    return out
+
+
+def _below(key: str, dirs: set[str]) -> bool:
+    """Whether key lies below one of dirs."""
+    end = key.rfind("/")
+    while end > 0:
+        key = key[:end]
+        if key in dirs:
+            return True
+        end = key.rfind("/")
+    return False

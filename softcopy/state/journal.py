@@ -156,7 +156,8 @@ _MIGRATIONS: dict[int, list[tuple[str, str, str]]] = {
 
 
 RESET_ADVICE = (
-    "run the same `softcopy copy` or `softcopy run` command again with --reset-journal to "
+    "run the same `softcopy copy`, `softcopy run` or `softcopy watch` command again with "
+    "--reset-journal to "
     "move it aside (journal.sqlite.damaged-<time>) and start a new journal: files already at "
     "the destination are then compared with the source, byte for byte, not trusted"
 )
@@ -704,6 +705,35 @@ def copied_at(db: sqlite3.Connection, target: int, keys: list[str]) -> list[tupl
             rows.sort()
         out += [r[1:] for r in rows]
     return out
+
+
+_NO_ROW = (None, None, None, None, None)
+
+
+def copied_in(
+    db: sqlite3.Connection, target: int, directory: str, names: list[str]
+) -> list[tuple] | None:
+    """copied_at for files `names` of `directory` (not the root), read as one range of the
+    journal's keys, which is sorted by them: a walk along the index instead of a search per
+    key. None where the range cannot stand in for the keys: a name that is not ASCII (the
+    journal may hold its key as bytes, outside a range of text) or a range holding far more
+    rows than names (a subtree below it): copied_at then."""
+    prefix = directory + "/"
+    if not directory or not (prefix + "".join(names)).isascii():
+        return None
+    limit = 2 * len(names) + 64
+    # Every key that starts with "d/" sorts from "d/" up to "d0" ("0" follows "/").
+    rows = db.execute(
+        "SELECT key, size, mtime_ns, ino, ctime_ns, digest FROM files"
+        " WHERE target = ? AND key >= ? AND key < ? LIMIT ?",
+        (target, prefix, directory + "0", limit),
+    ).fetchall()
+    if len(rows) >= limit:
+        return None
+    cut = len(prefix)
+    found = {r[0][cut:]: r[1:] for r in rows}
+    get = found.get
+    return [get(n, _NO_ROW) for n in names]
 
 
 def open_reader(path: Path) -> sqlite3.Connection:

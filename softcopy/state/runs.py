@@ -321,23 +321,19 @@ def forget(state_dir: Path, name: str) -> tuple[list[dict[str, Any]], list[dict[
     records are left as they are: a later run of it compares what it finds, not trusts."""
     path = state_dir / JOURNAL
     targets, runs = matching(read_status(state_dir), read_runs(state_dir), name)
-    action = f"forget {name}"
     if not targets and not runs:
         raise ConfigError(
-            path,
-            action,
-            "the journal has no target or run of that name (give a destination or source "
-            "path, or a run's name, as `softcopy status` shows them)",
+            name,
+            "forget",
+            f"the journal ({path}) has no target or run of that name (give a destination "
+            "or source path, or a run's name, as `softcopy status` shows them)",
         )
     busy = [t["destination"] for t in targets if t["state"] not in FINISHED_TARGETS]
     busy += [r["destination"] for r in runs if run_running(r)]
     if busy:
-        raise ConfigError(
-            path,
-            action,
-            f"it is running ({shown(busy[0])}); stop it first, or wait until it ends",
-        )
-    _delete(path, action, targets, runs)
+        problem = f"it is running ({shown(busy[0])}); stop it first, or wait until it ends"
+        raise ConfigError(name, "forget", problem)
+    _delete(path, f"forget {name}", targets, runs)
     return targets, runs
 
 

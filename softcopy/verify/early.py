@@ -12,6 +12,7 @@ and ctime) and the source is still at the version that was copied.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import time
@@ -19,8 +20,11 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
+from ..priority import lower_io_priority
 from ..sources.scan import Version
 from .hashing import hash_from_device
+
+log = logging.getLogger(__name__)
 
 _BATCH = 64  # files per task: a thread's round trip per file costs more than a small read
 # A flush of our own once this much waits to be read back: about half a second of a
@@ -46,7 +50,12 @@ class EarlyReads:
 
     def __init__(self, root: str, workers: int, flush: Callable[[], None] | None = None) -> None:
         self.root = root
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="softcopy-reread")
+        # The idle I/O class, as the copiers': the read-back must not delay the writer's
+        # disk either. Not the idle CPU class: a thread starved while it holds the GIL
+        # would stall the supervisor's own.
+        self._pool = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="softcopy-reread", initializer=_idle_io
+        )
         self._pending: list[Future[list[tuple[str, EarlyRead]]]] = []
         self.done: dict[str, EarlyRead] = {}
         self._flush = flush
@@ -128,6 +137,11 @@ class EarlyReads:
             else:
                 still.append(future)
         self._pending = still
+
+
+def _idle_io() -> None:
+    for _, text in lower_io_priority():
+        log.debug("%s", text)  # the read-back goes on at normal I/O priority
 
 
 def _flush_then(

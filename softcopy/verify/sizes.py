@@ -36,6 +36,18 @@ def format_entry(key: str, size: int, mtime_ns: int) -> str:
     return key + tail
 
 
+def format_entries(
+    prefix: str, names: list[str], sizes: Iterable[int], mtimes: Iterable[int]
+) -> str:
+    """format_entry of every key prefix + name, joined: one test for the whole list when
+    no key needs escaping (chunk names never do), not one per key."""
+    joined = prefix + "".join(names)
+    rows = zip(names, sizes, mtimes, strict=True)
+    if joined.isascii() and "\\" not in joined and "\n" not in joined:
+        return "".join([f"{prefix}{n}\t{s}\t{m}\n" for n, s, m in rows])
+    return "".join([format_entry(prefix + n, s, m) for n, s, m in rows])
+
+
 def parse_entry(line: str) -> tuple[str, int, int]:
     """(key, size, mtime_ns) from one line; ValueError for a malformed one."""
     escaped = line.startswith("\\")
