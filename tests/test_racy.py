@@ -152,3 +152,24 @@ def test_a_same_second_change_is_copied_not_certified(
     if hashed:
         manifest = (tmp_path / "dst.zarr.softcopy" / "manifest.b3").read_text().splitlines()
         assert f"{blake3(third).hexdigest()}  0" in manifest
+
+
+def test_a_copy_compared_again_after_its_tick_counts_once_as_copied(tmp_path: Path) -> None:
+    """A file whose mtime is ahead of the copy (here set 2 s into the future, as a clock
+    skewed between writer and file server would) is copied, then compared again once its
+    tick has passed: the summary counts it once, as copied, not also as already there."""
+    src, dst = tmp_path / "src.zarr", tmp_path / "dst.zarr"
+    src.mkdir()
+    (src / ".zarray").write_text(json.dumps(ZARRAY))
+    (src / "0").write_bytes(b"chunk zero")
+    (src / "1").write_bytes(b"chunk one")
+    ahead = time.time_ns() + 2_000_000_000
+    os.utime(src / "0", ns=(ahead, ahead))
+    (src / "complete").write_text("")
+    proc = start_softcopy("copy", "--json", src, dst)
+    code, out, err = finish(proc)
+    assert code == 0, err
+    summary = next(e for e in map(json.loads, out.splitlines()) if e["event"] == "summary")
+    assert summary["files_copied"] == 3, summary  # .zarray, 0, 1 (the marker apart)
+    assert summary["files_already_there"] == 0, summary
+    assert (dst / "0").read_bytes() == b"chunk zero"

@@ -153,6 +153,7 @@ class Supervisor:
         self.matched = Matched()
         self._ended_on_first_listing = False
         self._copies_sent = False  # since the last back-off check: copying, not comparing
+        self._rechecking: set[str] = set()  # this run's copies compared again (racy.py)
 
     # ---- the whole run --------------------------------------------------------------
 
@@ -656,6 +657,10 @@ class Supervisor:
             self._last_advance = now
         for o in outcomes:
             if o.status in (COPIED, SAME):
+                # A copy of this run compared again once its tick passed (racy.py) is not a
+                # file the destination already held: counted once, as copied.
+                rechecked = o.key in self._rechecking
+                self._rechecking.discard(o.key)
                 # Before the ledger forgets it: did the destination hold another version?
                 replaced = o.key in self._replacing
                 if replaced:
@@ -694,7 +699,7 @@ class Supervisor:
                         **({"digest": o.digest} if o.digest else {}),
                         **({"resumed": o.resumed} if o.resumed else {}),
                     )
-                else:
+                elif not rechecked:
                     self.summary.files_already_there += 1
                 if self.ledger.source(o.key) != o.version:
                     # The copier saw a version we never observed (e.g. a change of mtime
@@ -813,6 +818,7 @@ class Supervisor:
             # with the source (and rereads it for the digest) and rewrites them if they differ.
             self.ledger.set_copied(key, _UNPROVEN)
             self.compare_first.add(key)
+            self._rechecking.add(key)
             self.ledger.requeue(key)
 
     def _preflight_space(self) -> None:
