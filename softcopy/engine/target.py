@@ -709,6 +709,7 @@ class Supervisor:
                     if self.ledger.needs_work(o.key):
                         self.ledger.requeue(o.key)  # the source moved on meanwhile
             elif o.status == DELETED:
+                self._rechecking.discard(o.key)
                 self.racy.settle(o.key)
                 self.ledger.set_copied(o.key, None)
                 self.checkpoints.deleted.append(o.key)
