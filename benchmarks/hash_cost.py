@@ -8,7 +8,11 @@ across runs. `--baseline DIR` (a tree with another version's `softcopy` package,
 e.g. from `git archive`) runs that version in the same rounds, interleaved, so both
 ratios see the same load.
 
-    python benchmarks/hash_cost.py [--gigabytes 1] [--rounds 3] [--baseline DIR]
+    python benchmarks/hash_cost.py [--gigabytes 1] [--rounds 3] [--baseline DIR] [--dest-dir DIR]
+
+`--dest-dir` puts the copies on another filesystem (e.g. a loop device): with the
+source and the copy on one disk, the read-back of `--hash` shares that disk's time
+with the copy's reads and writes.
 """
 
 from __future__ import annotations
@@ -50,12 +54,16 @@ def main() -> None:
     parser.add_argument(
         "--baseline", type=Path, help="also measure the softcopy package in this directory"
     )
+    parser.add_argument(
+        "--dest-dir", type=Path, help="make the copies here (default: beside the source)"
+    )
     args = parser.parse_args()
     codes = {"this tree": HERE}
     if args.baseline is not None:
         codes["baseline"] = args.baseline.resolve()
 
     base = Path(tempfile.mkdtemp(prefix="softcopy-hash-cost-"))
+    dests = Path(tempfile.mkdtemp(prefix="copies-", dir=args.dest_dir)) if args.dest_dir else base
     try:
         frame = 8 * 512 * 512 * 2  # bytes per timepoint: (8, 512, 512) uint16
         timepoints = max(1, round(args.gigabytes * 1e9 / frame))
@@ -76,15 +84,15 @@ def main() -> None:
             order = list(codes.items()) if i % 2 == 0 else list(codes.items())[::-1]
             for name, code in order:
                 for label, extra in (("plain", []), ("hash", ["--hash"])):
-                    dst = base / f"{label}{i}.zarr"
+                    dst = dests / f"{label}{i}.zarr"
                     t, cpu = run(
                         code, "copy", str(src), str(dst), "--nprocs", str(args.nprocs), *extra
                     )
                     times.setdefault((name, label), []).append(t)
                     cpus.setdefault((name, label), []).append(cpu)
-                verify, _ = run(code, "verify", str(src), str(base / f"hash{i}.zarr"), "--hash")
+                verify, _ = run(code, "verify", str(src), str(dests / f"hash{i}.zarr"), "--hash")
                 times.setdefault((name, "verify"), []).append(verify)
-                for p in base.glob(f"*{i}.zarr*"):
+                for p in dests.glob(f"*{i}.zarr*"):
                     shutil.rmtree(p)
         for name in codes:
             plain, hashed, verify = (times[name, x] for x in ("plain", "hash", "verify"))
@@ -107,6 +115,7 @@ def main() -> None:
         print(f"load: {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(dests, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ SQLite's cache, the size list's first MiB) that dominates a per-file figure at s
     python benchmarks/scale.py --files 200000      # the issue's workload (minutes)
     python benchmarks/scale.py --files 200000 --baseline DIR --only-softcopy
     python benchmarks/scale.py --files 200000,400000 --only-softcopy   # memory per added file
+    python benchmarks/scale.py --files 200000 --only-softcopy --baseline DIR --reruns 5
 
 `--baseline DIR` runs the softcopy of another checkout (e.g. `git worktree add DIR HEAD`)
 the same way in the same run, round by round beside this tree's (its listing step too), so
@@ -160,6 +161,13 @@ def main() -> None:
         help="chunk files; several (200000,400000) also report peak RSS per added file",
     )
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--reruns",
+        type=int,
+        default=0,
+        help="no-op reruns per copy, the trees' in turn after both copies (median shown); "
+        "0: one, right after its own copy",
+    )
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--extra", default="", help="more softcopy options, e.g. '--hash'")
     parser.add_argument("--baseline", type=Path, help="another softcopy checkout to compare")
@@ -221,14 +229,22 @@ def run_size(
     results: dict[str, list[dict[str, float]]] = {n: [] for n in [*names, *others]}
     empty_peak: dict[str, list[float]] = {label: [] for label in envs}
     for i in range(args.rounds):
-        for label, env in envs.items():
+        copies = {}
+        for n, (label, env) in enumerate(envs.items()):
             out = base / f"empty-{i}"
             empty_peak[label].append(timed([*sc, str(empty), str(out)], env).get("peak_mb", 0))
             shutil.rmtree(out)
             shutil.rmtree(f"{out}.softcopy", ignore_errors=True)
-            dst = base / f"out-{i}-softcopy"
+            dst = copies[label] = base / f"out-{i}-{n}-softcopy"
             results[f"{label}softcopy"].append(timed([*sc, str(src), str(dst)], env))
-            results[f"{label}rerun"].append(timed([*sc, str(src), str(dst)], env))
+            if not args.reruns:
+                results[f"{label}rerun"].append(timed([*sc, str(src), str(dst)], env))
+        # With --reruns, each tree's no-op reruns in turn, once both copies are made: a rerun
+        # right after its own copy runs beside that copy's writeback, which the other lacks.
+        for _ in range(args.reruns):
+            for label, env in envs.items():
+                results[f"{label}rerun"].append(timed([*sc, str(src), str(copies[label])], env))
+        for dst in copies.values():
             shutil.rmtree(dst)
             shutil.rmtree(f"{dst}.softcopy", ignore_errors=True)
         for name, cmd in others.items():
@@ -246,6 +262,9 @@ def run_size(
             f"  {name:17s} wall {wall:6.2f} s  user {user:6.2f} s  sys {system:6.2f} s  "
             f"{files / wall:8.0f} files/s"
         )
+        if len(runs) > 1:
+            walls = sorted(r["wall"] for r in runs)
+            line += f"  (walls {walls[0]:.2f}-{walls[-1]:.2f} s, {len(runs)} runs)"
         if cp is not None:
             line += f"  x{wall / cp:4.2f} of cp -r"
         if "peak_mb" in runs[0]:

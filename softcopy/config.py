@@ -594,22 +594,56 @@ def raise_in_order(path: Path, errors: list[ConfigError]) -> None:
     raise_all(sorted(errors, key=lambda e: _line_of(path, e)))
 
 
-def load_targets(path: Path, overrides: dict[str, Any] | None = None) -> list[TargetConfig]:
+def load_targets(
+    path: Path, overrides: dict[str, Any] | None = None, check_sources: bool = False
+) -> list[TargetConfig]:
     """Read a targets file's `targets: [{source, destination, ...}]`, with its `defaults:`.
 
-    Every error in it is reported at once, each with its line, before anything starts.
+    Every error in it is reported at once, each with its line, before anything starts;
+    with `check_sources` (a run about to start), a source that is not there and is not
+    waited for is one of them.
     """
     doc, lines, base, errors = read_entries_file(path)
 
+    built: dict[str, TargetConfig] = {}
+
     def build(paths: list[Any], own: dict[str, Any], where: str) -> TargetConfig:
-        return make_target(*paths, {**base, **own, **(overrides or {})}, where)
+        built[where] = make_target(*paths, {**base, **own, **(overrides or {})}, where)
+        return built[where]
 
     targets = load_entries(
         path, doc, lines, "targets", ("source", "destination"), OPTIONS, build, errors
     )
-    raise_in_order(path, errors)
+    missing = _missing_sources(path, doc, lines, built) if check_sources else []
+    if errors:
+        raise_in_order(path, errors + missing)
+    # Before a missing source: one that is another target's copy or records says so.
     _check_distinct(path, targets)
+    raise_in_order(path, missing)
     return targets
+
+
+def _missing_sources(
+    path: Path, doc: dict[str, Any], lines: Lines, built: dict[str, TargetConfig]
+) -> list[ConfigError]:
+    """A source that is not there (and is not waited for), named by its line in the file
+    as every other error of the file is; the engine would say the same without the line."""
+    errors = []
+    for i, entry in enumerate(doc.get("targets") or []):
+        cfg = built.get(f"{_at(path, lines, 'targets', i)}: targets[{i}]")
+        if cfg is None or cfg.wait_for_source:
+            continue
+        written = entry.get("source")
+        shown = written if str(cfg.source) == written else f"{written} ({cfg.source})"
+        if not os.path.lexists(cfg.source):
+            problem = "it does not exist"
+        elif not os.path.isdir(cfg.source):
+            problem = "it is not a directory"
+        else:
+            continue
+        place = f"{_at(path, lines, 'targets', i, 'source')}: targets[{i}].source {shown}"
+        errors.append(ConfigError(place, "read targets file", problem))
+    return errors
 
 
 def _line_of(path: Path, error: ConfigError) -> float:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import DEADLINE, assert_same_tree, run_softcopy
 
-from softcopy.copiers.protocol import CopierOptions, encode
+from softcopy.copiers.protocol import CopierOptions, decode_outcomes, encode
 from softcopy.zarr.layout import _NESTING_IN_PYTHON, json_nesting
 
 # Modules no copy needs: the writer's libraries, the targets-file parser, the live table.
@@ -53,7 +53,7 @@ ZARR_JSON = {
 # copy started its copiers early, whether numpy was loaded by then. Functions are wrapped,
 # never replaced: they still answer.
 PROGRAM = """
-import atexit, ctypes.util, json, runpy, sys
+import atexit, ctypes.util, json, os, runpy, sys
 report, sys.argv = sys.argv[1], ["softcopy", *sys.argv[2:]]
 calls, early = [], []
 original = ctypes.util.find_library
@@ -69,7 +69,8 @@ def start_early(n):
 spares.start = start_early
 def write():
     with open(report, "w") as f:
-        json.dump({"modules": sorted(sys.modules), "find_library": calls, "early": early}, f)
+        json.dump({"modules": sorted(sys.modules), "find_library": calls, "early": early,
+                   "blas": os.environ.get("OPENBLAS_NUM_THREADS")}, f)
 atexit.register(write)
 runpy.run_module("softcopy", run_name="__main__", alter_sys=True)
 """
@@ -85,7 +86,7 @@ def four_chunk_archive(path: Path) -> Path:
     return path
 
 
-def run_in_process(tmp_path: Path, *args: object) -> dict:
+def run_in_process(tmp_path: Path, *args: object, env: dict[str, str] | None = None) -> dict:
     report = tmp_path / "report.json"
     done = subprocess.run(
         [sys.executable, "-c", PROGRAM, str(report), *map(str, args)],
@@ -93,6 +94,7 @@ def run_in_process(tmp_path: Path, *args: object) -> dict:
         text=True,
         timeout=DEADLINE,
         cwd=tmp_path,
+        env=env,
     )
     assert report.exists(), done.stderr
     result = json.loads(report.read_text())
@@ -120,6 +122,38 @@ def test_a_small_copy_is_verified_without_the_modules_it_does_not_need(tmp_path:
     result = run_in_process(tmp_path, "run", targets)
     assert result["code"] == 0, result["stderr"]
     assert "yaml" in result["modules"]
+
+
+# numpy imported as the program imports it (after one_library_thread), with nothing else
+# running: the threads that exist then are the interpreter's and OpenBLAS's.
+THREADS_AFTER_NUMPY = """
+import os
+from softcopy.priority import one_library_thread
+one_library_thread()
+import numpy
+print(len(os.listdir("/proc/self/task")), os.environ["OPENBLAS_NUM_THREADS"])
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="OpenBLAS starts no thread on one CPU")
+def test_numpys_blas_starts_no_threads_of_its_own_unless_the_user_asks(tmp_path: Path) -> None:
+    # They would spin for work softcopy never gives them, on the writer's CPUs.
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+
+    def threads(**extra: str) -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", THREADS_AFTER_NUMPY], capture_output=True, text=True,
+            env={**env, **extra}, timeout=DEADLINE, check=True,
+        )  # fmt: skip
+        return done.stdout.split()
+
+    assert threads() == ["1", "1"]  # the main thread alone
+    assert threads(OPENBLAS_NUM_THREADS="2") == ["2", "2"]  # the user's choice is kept
+    # The program itself runs with it set, and a copy that imports numpy works.
+    src = four_chunk_archive(tmp_path / "src.zarr")
+    ours = run_in_process(tmp_path, "copy", src, tmp_path / "a.zarr", env=env)
+    assert ours["code"] == 0, ours["stderr"]
+    assert "numpy" in ours["modules"] and ours["blas"] == "1"
 
 
 def test_status_and_the_verification_of_a_small_copy_never_import_numpy(tmp_path: Path) -> None:
@@ -162,7 +196,7 @@ def test_a_copier_copies_without_arrays_configuration_or_journal(tmp_path: Path)
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert [o.status for o in message[2]] == ["copied"]
+    assert [o.status for o in decode_outcomes(message[2])] == ["copied"]
     assert (dst / "chunk").read_bytes() == b"x" * 1000
     assert proc.returncode == 0, stderr
     modules = [line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if "|" in line]

@@ -530,3 +530,21 @@ def test_observe_many_agrees_with_observe(listing: list[str]) -> None:
         a, b = bulk.locate(key), single.locate(key)
         assert (a is None) == (b is None) and (a is None or a[1] == b[1]), key  # type: ignore[index]
     assert bulk.expected_counts() == single.expected_counts()
+
+
+def test_a_file_copied_twice_in_a_run_is_one_file_copied() -> None:
+    # A chunk the writer rewrote mid-copy is copied again: `files_copied` counts it once.
+    ledger = Ledger()
+    ledger.set_layout(layout([4, 4], [2, 2]))
+    for key in ("c/0/0", "c/1/1", "zarr.json", "notes.txt"):
+        ledger.observe(key, v(1))
+    for key in ("c/0/0", "zarr.json", "notes.txt"):
+        assert ledger.copied_first(key) is True, key
+        ledger.set_copied(key, v(1))
+        ledger.observe(key, v(2))  # rewritten: copied again
+        ledger.set_copied(key, v(2))
+        assert ledger.copied_first(key) is False, key
+    assert ledger.copied_first("c/1/1") is True  # another chunk of the same array
+    ledger.set_layout(layout([8, 4], [2, 2]))  # the array grew: its rows carried over
+    assert ledger.copied_first("c/0/0") is False
+    assert ledger.copied_first("c/3/1") is True

@@ -7,6 +7,7 @@ what the general ones do.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -292,3 +293,65 @@ def test_the_destination_shares_the_source_disk_unless_it_is_another_device(
             assert not shares_disk(device, "/dev/shm")  # tmpfs: no disk at all
         assert shares_disk("loop7", str(tmp_path))  # a loop file may sit on any disk
         assert shares_disk(device, str(tmp_path / "missing"))  # cannot tell: assume so
+
+
+# ---- how often the source is listed ---------------------------------------------------------
+
+# Runs the program in this process and, as it exits, reports each full listing of the source
+# (whether it was the first). The listing is wrapped, never replaced: it still lists.
+COUNTING = """
+import atexit, json, runpy, sys
+from softcopy.engine import observe
+report, sys.argv = sys.argv[1], ["softcopy", *sys.argv[2:]]
+calls = []
+original = observe.SourceView.full_scan
+def full_scan(self, initial=False):
+    calls.append(initial)
+    return original(self, initial)
+observe.SourceView.full_scan = full_scan
+atexit.register(lambda: open(report, "w").write(json.dumps(calls)))
+runpy.run_module("softcopy", run_name="__main__", alter_sys=True)
+"""
+
+
+# A run folder that ends at its sentinel at once: the test waits for no settle period.
+QUICK = (
+    "--kind",
+    "directory",
+    "--sentinel",
+    "done.txt",
+    "--sentinel-min-age",
+    "0",
+    "--ready-age",
+    "0",
+)
+
+
+def _listings(tmp_path: Path, *args: object) -> list[bool]:
+    report = tmp_path / "listings.json"
+    done = subprocess.run(
+        [sys.executable, "-c", COUNTING, str(report), *map(str, args)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(report.read_text())
+
+
+def test_a_finished_source_is_listed_once_before_and_once_after_its_copies(
+    tmp_path: Path,
+) -> None:
+    # The drain listed the source as the end was seen too, with every copy still queued: a
+    # whole listing that finds nothing the one after the copies does not.
+    src = tmp_path / "run"
+    for i in range(40):
+        (src / f"lane{i % 4}").mkdir(parents=True, exist_ok=True)
+        (src / f"lane{i % 4}" / f"f{i}").write_bytes(b"x" * i)
+    (src / "done.txt").write_text("")
+    dst = tmp_path / "copy"
+    assert _listings(tmp_path, "copy", src, dst, *QUICK) == [
+        True,
+        False,
+    ]
+    assert sorted(p.name for p in dst.rglob("f*")) == sorted(f"f{i}" for i in range(40))
+    # A rerun with nothing to copy lists it once.
+    assert _listings(tmp_path, "copy", src, dst, *QUICK) == [True]

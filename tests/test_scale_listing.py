@@ -13,6 +13,7 @@ from softcopy.engine.observe import SourceView, newest_change_ns
 from softcopy.sources.kinds import source_kind
 from softcopy.sources.scan import Version, iter_dir_names, iter_dirs
 from softcopy.sources.select import Selection
+from softcopy.zarr.layout import parse_array_metadata
 
 
 def _tree(root: Path) -> None:
@@ -98,3 +99,47 @@ def test_a_full_scan_finds_each_change_and_counts_only_what_is_wanted(tmp_path: 
     os.utime(root / "skip.log", ns=(4 * 10**18, 4 * 10**18))
     view.full_scan()
     assert view.newest_ns == newest_change_ns(str(root)) >= 4 * 10**18
+
+
+def test_folders_of_few_and_many_chunks_in_one_array_are_observed_as_one_by_one(
+    tmp_path: Path,
+) -> None:
+    # Folders below 16 files go through plain lists, larger ones through numpy, and both
+    # feed one array's rows in listing order: every chunk must land on its own row.
+    meta = {**META, "shape": [7, 40], "chunk_grid": {"name": "regular",
+            "configuration": {"chunk_shape": [1, 1]}}}  # fmt: skip
+    root = tmp_path / "a.zarr"
+    root.mkdir()
+    (root / "zarr.json").write_text(json.dumps(meta))
+    counts = {0: 40, 1: 3, 2: 17, 3: 1, 4: 3, 5: 1, 6: 2}
+    for t, n in counts.items():
+        (root / "c" / str(t)).mkdir(parents=True)
+        for x in range(n):
+            (root / "c" / str(t) / str(x)).write_bytes(b"v" * (t * 100 + x + 1))
+    (root / "c" / "4" / "notes.txt").write_bytes(b"not a chunk")  # a small folder, not all chunks
+    (root / "c" / "5" / "0").unlink()
+    (root / "c" / "5" / "99").write_bytes(b"beyond the grid")  # a small folder, off the grid
+    layout = parse_array_metadata(meta, "", "zarr.json")
+    by_names, one_by_one = Ledger(), Ledger()
+    by_names.set_layout(layout)
+    one_by_one.set_layout(layout)
+    named = [
+        (rel, listing.names, listing.versions)
+        for rel, listing in iter_dir_names(str(root))
+        if not isinstance(listing, OSError)
+    ]
+    keyed = {
+        key: version
+        for _, listing in iter_dirs(str(root))
+        if not isinstance(listing, OSError)
+        for key, version in listing.files.items()
+    }
+    assert sorted(by_names.observe_names(named)) == sorted(one_by_one.observe_many(keyed.items()))
+    for key, version in keyed.items():
+        assert by_names.source(key) == one_by_one.source(key) == version, key
+    assert by_names.pending_count() == one_by_one.pending_count() == len(keyed)
+    # A second listing after one chunk of a small and one of a large folder changed.
+    (root / "c" / "1" / "2").write_bytes(b"changed")
+    (root / "c" / "0" / "39").write_bytes(b"changed too")
+    named = [(rel, x.names, x.versions) for rel, x in iter_dir_names(str(root))]
+    assert sorted(by_names.observe_names(named)) == ["c/0/39", "c/1/2"]

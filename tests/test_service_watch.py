@@ -674,3 +674,23 @@ def test_every_log_line_about_a_run_names_it(roots, tmp_path: Path) -> None:
     assert any("hook" in line for line in lines), err
     unnamed = [x for x in lines if not SERVICE_LINES.match(x) and not any(n in x for n in names)]
     assert not unnamed, "log lines that do not name their run:\n" + "\n".join(unnamed)
+
+
+@pytest.mark.parametrize("users", [None, "3"])
+def test_a_hook_gets_the_users_blas_threads_not_softcopys(roots, tmp_path: Path, users) -> None:
+    # softcopy runs numpy's OpenBLAS on one thread (its idle threads spin on the writer's
+    # CPUs); a hook is the user's program and gets the user's setting, or none.
+    src, dst, state = roots
+    finished_run(src / "alpha_run")
+    seen = tmp_path / "seen"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f'#!/bin/sh\necho "${{OPENBLAS_NUM_THREADS-unset}}" > "{seen}"\n')
+    hook.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if users is not None:
+        env["OPENBLAS_NUM_THREADS"] = users
+    rc, _, err = finish(
+        start_watch(src, dst, state, "--once", *ILLUMINA, "--on-done", hook, env=env)
+    )
+    assert rc == 0, err
+    assert seen.read_text() == f"{users or 'unset'}\n"

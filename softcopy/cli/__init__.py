@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from .. import __version__
+from ..priority import one_library_thread
 from . import legacy
 from .common import (
     EXIT_CODES_HELP,
@@ -180,6 +181,7 @@ def entry() -> None:
     a command: a blocked mask is inherited by every process started later, so a
     command run in-process (a test, a service) would leave its caller deaf to Ctrl-C.
     """
+    one_library_thread()
     try:
         main(prog_name="softcopy")
     except SystemExit as exc:

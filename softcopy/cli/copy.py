@@ -164,12 +164,15 @@ def run(
 
 def _load_entries(path: Path, overrides: dict[str, Any]) -> tuple[list[TargetConfig], list]:
     """A targets file's `targets:` and `watch:` entries, with every error of both at once."""
+    from functools import partial
+
     from ..config import ConfigErrors, raise_in_order
     from ..service.watch import load_watches
 
     found: list[list] = []
     errors: list[ConfigError] = []
-    for load in (load_targets, load_watches):
+    # A missing source is an error of the file too, at its line: nothing starts.
+    for load in (partial(load_targets, check_sources=True), load_watches):
         try:
             found.append(load(path, overrides))
         except ConfigError as exc:
@@ -235,9 +238,19 @@ def _start_copiers(targets: list[TargetConfig], dry_run: bool) -> None:
     (numpy, the ledger: longer than a copier's own start-up), so the two overlap.
 
     Not for a destination that holds a finished copy (its certificate): most likely a
-    rerun with nothing to copy, whose copiers start only if work appears."""
-    if not dry_run:
-        spares.start(sum(c.nprocs for c in targets if _copies_with_copiers(c)))
+    rerun with nothing to copy, whose copiers start only if work appears. A large one's
+    destination side starts here instead (engine/early_match.py)."""
+    if dry_run:
+        return
+    copiers = 0
+    for cfg in targets:
+        if _copies_with_copiers(cfg):
+            copiers += cfg.nprocs
+        else:
+            from ..engine import early_match  # no numpy, nor the rest of the engine
+
+            early_match.begin(cfg)
+    spares.start(copiers)
 
 
 def _copies_with_copiers(cfg: TargetConfig) -> bool:
@@ -293,6 +306,7 @@ def copy_all(
 
     `keep_handlers`: signals stay caught until the process exits (see `signals_to`).
     """
+    from ..engine import early_match
     from ..engine.runner import Runner
     from ..engine.target import Summary
 
@@ -307,6 +321,7 @@ def copy_all(
                 finished = runner.wait()
     finally:
         spares.discard()  # a rerun with nothing to copy, a refused target: never told a thing
+        early_match.discard()  # a destination side for a target that was refused
     # With --json, stdout carries the events only: the human lines go to stderr.
     err = reporter.json
     codes = [EXIT_OK]

@@ -24,6 +24,7 @@ from .common import Refused
 # caller (the group's own: --log-file, --log-level).
 _VALUED = frozenset({"--nprocs", "--sleep-time", "--wait-for-source"})
 _WAIT = "--wait-for-source"
+_ARITY = {"copy": 2, "run": 1}  # the paths each command takes
 
 
 def translate(
@@ -45,6 +46,7 @@ def translate(
         command = "copy"
     else:
         return None
+    _check_wait_value(args, positionals, _ARITY[command])
     return [command, *rest]
 
 
@@ -54,6 +56,7 @@ def wait_values(args: list[str], valued: Collection[str] = ()) -> list[str]:
     positionals = _positionals(args, _VALUED | set(valued))
     if not positionals or args[positionals[0]] not in ("copy", "run"):
         return args
+    _check_wait_value(args, positionals[1:], _ARITY[args[positionals[0]]])
     at = positionals[0] + 1
     return [*args[:at], *_modern_flags(args[at:])]
 
@@ -125,6 +128,24 @@ def _positionals(args: list[str], valued: Collection[str]) -> list[int]:
         else:
             found.append(i)
     return found
+
+
+def _check_wait_value(args: list[str], positionals: list[int], arity: int) -> None:
+    """`--wait-for-source maybe`: one path too many, right after the option and not a path
+    that exists or looks like one, is the original's value mistyped; said as a bad
+    `--wait-for-source=maybe` is."""
+    if len(positionals) <= arity:
+        return
+    for i in positionals:
+        if i > 0 and args[i - 1] == _WAIT and not _path_like(args[i]):
+            raise click.BadParameter(
+                f"{args[i]!r} is not true or false", param_hint="'--wait-for-source'"
+            )
+
+
+def _path_like(token: str) -> bool:
+    """A token meant as one of the paths (the switch before them), not as a value."""
+    return os.sep in token or os.path.lexists(token)
 
 
 def _at(args: list[str], i: int) -> str | None:

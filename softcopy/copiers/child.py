@@ -49,7 +49,7 @@ def serve(fd: int, notes: list[tuple[str, str]]) -> None:
 
     from ..sinks.base import Outcome, SinkSpec, sink_from_spec
     from ..sinks.local import clear_umask
-    from .protocol import decode
+    from .protocol import decode, encode_outcomes
 
     # Ctrl-C, and a hang-up of the terminal, reach the whole process group; the
     # supervisor decides what they mean.
@@ -120,7 +120,7 @@ def serve(fd: int, notes: list[tuple[str, str]]) -> None:
         finally:
             sink.release()
         try:
-            conn.send(("done", batch_id, outcomes))
+            conn.send(("done", batch_id, encode_outcomes(outcomes)))
         except OSError:
             break
     conn.close()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..sinks.base import Outcome, SinkSpec
 from . import spares
-from .protocol import CopierOptions, encode
+from .protocol import CopierOptions, decode_outcomes, encode
 
 if TYPE_CHECKING:  # a copier process never imports the configuration (yaml, click)
     import socket
@@ -121,7 +121,7 @@ class CopierPool:
         if message[0] in _NOTE_LEVELS:
             log.log(_NOTE_LEVELS[message[0]], "%s", message[1])
             return [], []
-        outcomes = message[2]
+        outcomes = decode_outcomes(message[2])
         done = {o.key for o in outcomes}
         lost = [k for k in copier.keys if k not in done]
         copier.keys = []
@@ -179,7 +179,7 @@ class CopierPool:
                 except (EOFError, OSError):
                     break
                 if message[0] == "done":
-                    outcomes.extend(message[2])
+                    outcomes.extend(decode_outcomes(message[2]))
                     break
                 log.log(_NOTE_LEVELS.get(message[0], logging.WARNING), "%s", message[1])
             try:

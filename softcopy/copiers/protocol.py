@@ -2,7 +2,7 @@
 
 Supervisor to copier: ("options", data) first (a copier may be started before its target
 is known, see `spares`), then ("batch", id, [(key, compare_first), ...]) or ("stop",).
-Copier to supervisor: ("done", id, [Outcome, ...]) per batch, and notes ("warn" or
+Copier to supervisor: ("done", id, encode_outcomes([Outcome, ...])) per batch, and notes ("warn" or
 "debug", text) to be logged (a copier never writes to the terminal: it would tear the
 live display).
 """
@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..sinks.base import SinkSpec
+from ..sinks.base import Outcome, SinkSpec
+from ..sources.scan import Version
 
 
 @dataclass(frozen=True)
@@ -50,3 +51,21 @@ def decode(data: dict[str, Any]) -> CopierOptions:
     if data.get("sink") is not None:
         data["sink"] = SinkSpec.from_dict(data["sink"])
     return CopierOptions(**data)
+
+
+def encode_outcomes(outcomes: list[Outcome]) -> list[tuple]:
+    """Outcomes as tuples of plain values: pickled at C speed, where a dataclass (and the
+    Version inside it) costs a class lookup and a dict each, 4 µs of a copier's time per
+    file of a tiny-file copy."""
+    return [
+        (o.key, o.status, o.version and tuple(o.version), o.nbytes, o.error, o.errno,
+         o.digest, o.checked_ns, o.resumed)
+        for o in outcomes
+    ]  # fmt: skip
+
+
+def decode_outcomes(rows: list[tuple]) -> list[Outcome]:
+    return [
+        Outcome(key, status, version and Version(*version), *rest)
+        for key, status, version, *rest in rows
+    ]

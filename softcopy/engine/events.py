@@ -45,8 +45,8 @@ class Summary:
     destination: str
     state: str = State.WAITING
     reason: str = ""
-    files_copied: int = 0
-    bytes_copied: int = 0
+    files_copied: int = 0  # distinct files: one the writer rewrote mid-copy counts once
+    bytes_copied: int = 0  # by every copy made
     files_deleted: int = 0
     files_already_there: int = 0
     files_at_source: int = 0
@@ -55,6 +55,7 @@ class Summary:
     # has them too, as `verify` and the certificate count it.
     markers_copied: int = 0
     seconds: float = 0.0
+    copies_made: int = 0  # copy operations: files_copied and every copy made again
     failures: dict[str, str] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     error: str = ""

@@ -36,6 +36,9 @@ _SAME = np.uint8(1)  # the destination holds the source's current version (never
 _OTHER = np.uint8(2)  # the destination holds `_ArrayState.other_dst[index]`
 _INFLIGHT = np.uint8(4)
 _SEEN = np.uint8(8)  # observed since begin_sweep()
+# Copied by this run at least once: `files_copied` counts files, and a chunk the writer
+# rewrote mid-copy is copied again. A bit of the byte every row has, not a set of keys.
+_RUN_COPIED = np.uint8(16)
 _COPIED = _SAME | _OTHER
 _LIVE = _SAME | _OTHER | _INFLIGHT
 
@@ -432,6 +435,45 @@ class _Other:
     dst: tuple[int, ...] = ABSENT
     inflight: bool = False
     digest: str = ""
+    run_copied: bool = False  # as _RUN_COPIED
+
+
+# Below this many files, a folder's chunk rows are gathered in Python lists, not numpy.
+_SMALL_DIR = 16
+
+
+class _Group:
+    """observe_names' rows of one array, in listing order: numpy pieces of large folders,
+    and the rows of small ones gathered in plain lists between them."""
+
+    def __init__(self, state: _ArrayState) -> None:
+        self.state = state
+        self.named: list[tuple[str, list[str]]] = []
+        self._idx: list[np.ndarray] = []
+        self._new: list[np.ndarray] = []
+        self._small_idx: list[int] = []
+        self._small_new = array("q")
+
+    def add(self, idx: np.ndarray, new: np.ndarray, prefix: str, names: list[str]) -> None:
+        self._flush_small()
+        self._idx.append(idx)
+        self._new.append(new)
+        self.named.append((prefix, names))
+
+    def add_small(self, idx: list[int], flat: array, prefix: str, names: list[str]) -> None:
+        self._small_idx += idx
+        self._small_new += flat
+        self.named.append((prefix, names))
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        self._flush_small()
+        return np.concatenate(self._idx), np.concatenate(self._new)
+
+    def _flush_small(self) -> None:
+        if self._small_idx:
+            self._idx.append(np.array(self._small_idx, dtype=np.int64))
+            self._new.append(np.frombuffer(self._small_new, dtype=np.int64).reshape(-1, _FIELDS))
+            self._small_idx, self._small_new = [], array("q")
 
 
 @dataclass
@@ -621,7 +663,7 @@ class Ledger:
         array and a memo lookup per name, at C speed, its versions read in place; a key is
         made only for a file whose version changed. Anything else goes through
         observe_many."""
-        groups: dict[int, tuple[_ArrayState, list, list, list]] = {}
+        groups: dict[int, _Group] = {}
         rest: list[tuple[str, Version]] = []
         for dirname, names, flat in dirs:
             prefix = f"{dirname}/" if dirname else ""
@@ -633,28 +675,36 @@ class Ledger:
                 rest += _pairs(prefix, names, flat, range(len(names)))
                 continue
             state, _, base = hit
-            lasts = self._lasts(names)
+            group = groups.get(id(state))
+            if group is None:
+                group = groups[id(state)] = _Group(state)
+            if len(names) < _SMALL_DIR:
+                # A folder of a few files (zarr v3's innermost, one or two chunks each) in
+                # plain Python: numpy's per-call cost, paid per folder, is most of its time.
+                lasts = self._lasts_list(names)
+                bound = state.layout.grid[-1]
+                if all(0 <= last < bound for last in lasts):
+                    group.add_small([base + last for last in lasts], flat, prefix, names)
+                    continue
+            lasts = np.array(self._lasts_list(names), dtype=np.int64)
             inside = (lasts >= 0) & (lasts < state.layout.grid[-1])
             new = np.frombuffer(flat, dtype=np.int64).reshape(-1, _FIELDS)
             if not inside.all():  # not chunk files of this grid: one by one
                 rest += _pairs(prefix, names, flat, np.flatnonzero(~inside).tolist())
                 names = [names[j] for j in np.flatnonzero(inside).tolist()]
                 lasts, new = lasts[inside], new[inside]
-            group = groups.setdefault(id(state), (state, [], [], []))
-            group[1].append(base + lasts)
-            group[2].append(new)
-            group[3].append((prefix, names))
+            group.add(base + lasts, new, prefix, names)
         changed = self.observe_many(rest) if rest else []
-        for state, indices, news, named in groups.values():
-            idx = np.concatenate(indices)
+        for group in groups.values():
+            idx, news = group.rows()
 
-            def keys(named: list[tuple[str, list[str]]] = named) -> list[str]:
+            def keys(named: list[tuple[str, list[str]]] = group.named) -> list[str]:
                 return [p + n for p, names in named for n in names]
 
-            changed += self._observe_rows(state, idx, np.concatenate(news), keys)
+            changed += self._observe_rows(group.state, idx, news, keys)
         return changed
 
-    def _lasts(self, names: list[str]) -> np.ndarray:
+    def _lasts_list(self, names: list[str]) -> list[int]:
         """The coordinate each chunk file name spells (as ArrayLayout.last_coordinate, before
         the grid's bound), -1 where it spells none, through the memo of names."""
         memo = self._names
@@ -666,7 +716,7 @@ class Ledger:
                     lasts[j] = last
                     if len(memo) < _NAMES:
                         memo[name] = last
-        return np.array(lasts, dtype=np.int64)
+        return lasts
 
     def observe_many(self, items: Iterable[tuple[str, Version]]) -> list[str]:
         """observe() for a whole listing at once; returns the keys that changed.
@@ -901,7 +951,7 @@ class Ledger:
                 found = [state.layout.index(inner + name) for name in names]
                 index = np.array([-1 if i is None else i for i in found], dtype=np.int64)
             else:
-                index = self._lasts(names)
+                index = np.array(self._lasts_list(names), dtype=np.int64)
                 index[(index < 0) | (index >= state.layout.grid[-1])] = -1
                 index[index >= 0] += base
             inside = index >= 0
@@ -965,6 +1015,24 @@ class Ledger:
             # Work that no observation queued (a file only at the destination, found at
             # the start of a resumed run): the next take() must look for it.
             self._stale = True
+
+    def copied_first(self, key: str) -> bool:
+        """Note that this run copied `key`; True the first time it does."""
+        hit = self.locate(key)
+        if hit is not None:
+            state, i = hit
+            r = state.find(i)
+            if r is None:
+                return True
+            if state.flags[r] & _RUN_COPIED:
+                return False
+            state.flags[r] |= _RUN_COPIED
+            return True
+        entry = self.other.get(key)
+        if entry is None:
+            return True
+        first, entry.run_copied = not entry.run_copied, True
+        return first
 
     def begin_sweep(self) -> None:
         """Start a full scan: every key observed from now on counts as seen."""

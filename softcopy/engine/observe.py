@@ -45,7 +45,7 @@ from .racy import Granularity
 log = logging.getLogger(__name__)
 
 _ARRAY_METADATA = ("zarr.json", ".zarray")
-_NODE_METADATA = ("zarr.json", ".zarray", ".zgroup")  # the files that make a node
+_NODE_METADATA = frozenset({"zarr.json", ".zarray", ".zgroup"})  # the files that make a node
 # Files observed in one step: the ledger's per-call cost, not per file. A batch's keys and
 # versions, and the ledger's temporaries for them, take about 400 B per file while they live,
 # and that high-water mark stays. 8,192 cost 15 B per file of a 200,000-file listing's peak
@@ -278,7 +278,7 @@ class SourceView:
         names, flat = listing.names, listing.versions
         # Metadata first, so chunk files land in their array's rows: looked up by name, a
         # few searches per directory instead of a test per file.
-        if any(name in names for name in _NODE_METADATA):
+        if not _NODE_METADATA.isdisjoint(names):
             self.refresh_node(current, strict=initial)
         if not self.granularity.settled:  # settled within a few files: made lazily
             self.granularity.observe_versions(_versions(flat, range(len(names))))
@@ -297,15 +297,15 @@ class SourceView:
         if names:
             batch.append((current, names, flat))
         taken.files += len(names)
-        taken.bytes += sum(flat[0::4])
-        taken.newest_ns = max(
-            taken.newest_ns,
-            listing.newest_ns,
-            max(listing.versions[1::4], default=0),  # every file's mtime and ctime, at C speed
-            max(listing.versions[3::4], default=0),
-            *_temporary_times(self.src, listing.temporary),
-        )
-        taken.temporary += len(listing.temporary)
+        newest = max(taken.newest_ns, listing.newest_ns)
+        versions = listing.versions
+        if versions:  # every file's mtime and ctime, at C speed
+            taken.bytes += sum(flat[0::4])
+            newest = max(newest, max(versions[1::4]), max(versions[3::4]))
+        if listing.temporary:
+            newest = max(newest, *_temporary_times(self.src, listing.temporary))
+            taken.temporary += len(listing.temporary)
+        taken.newest_ns = newest
         self._note_unreadable(listing.errors)
         changed = 0
         for key in listing.links:

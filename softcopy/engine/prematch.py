@@ -21,6 +21,7 @@ import gc
 import logging
 import os
 import pickle
+import select as io_select
 import sqlite3
 import subprocess
 import sys
@@ -182,7 +183,9 @@ def main() -> None:
     # Nothing here makes a cycle, and the collector's passes over every version made were
     # a sixth of a listing's time.
     gc.disable()
-    root, journal, target, select, batch = pickle.load(sys.stdin.buffer)
+    root, journal, target, select, batch, nice = pickle.load(sys.stdin.buffer)
+    if nice:
+        os.nice(nice)  # started before the supervisor lowered its own (early_match.py)
     with os.fdopen(int(sys.argv[1]), "wb", buffering=1 << 20) as out:
         serve(root, journal, target, select, out, batch)
 
@@ -199,14 +202,18 @@ class DestinationSide:
     def records(self, stopped: Callable[[], bool]) -> Iterator[Directory | Batch | End] | None:
         """The records, once the process has written all of them; None when it failed (or
         `stopped` said to give up on it): then the caller lists the destination itself."""
+        # Its stdout ends when it does: woken at once by that, not at a poll's next tick
+        # (a rerun's wall waits on this process more often than not).
+        assert self.process.stdout is not None
+        ends = self.process.stdout.fileno()
         while True:
-            try:
-                code = self.process.wait(0.05)
+            ready, _, _ = io_select.select([ends], [], [], 0.05)
+            if ready and not os.read(ends, 1 << 16):
                 break
-            except subprocess.TimeoutExpired:
-                if stopped():
-                    self.close()
-                    return None
+            if not ready and stopped():
+                self.close()
+                return None
+        code = self.process.wait()
         if code != 0:
             self.errors.seek(0)
             why = self.errors.read()[-2000:].decode("utf-8", "replace")
@@ -227,15 +234,17 @@ class DestinationSide:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         self.out.close()
         self.errors.close()
 
 
 def start(
-    root: str, journal: Path, target: int, select: Selection, batch: int = BATCH
+    root: str, journal: Path, target: int, select: Selection, batch: int = BATCH, nice: int = 0
 ) -> DestinationSide | None:
-    """The destination's listing and journal lookups, begun in another process; None when
-    it cannot be started (the caller does both itself)."""
+    """The destination's listing and journal lookups, begun in another process at `nice`
+    more than this thread's; None when it cannot be started (the caller does both itself)."""
     # Both live as long as the DestinationSide, which closes them.
     out = tempfile.TemporaryFile()  # noqa: SIM115
     errors = tempfile.TemporaryFile()  # noqa: SIM115
@@ -243,7 +252,7 @@ def start(
         process = subprocess.Popen(
             [sys.executable, "-m", "softcopy.engine.prematch", str(out.fileno())],
             stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=errors,
             pass_fds=[out.fileno()],
         )
@@ -254,7 +263,7 @@ def start(
         return None
     assert process.stdin is not None
     try:
-        process.stdin.write(pickle.dumps((root, journal, target, select, batch)))
+        process.stdin.write(pickle.dumps((root, journal, target, select, batch, nice)))
         process.stdin.close()
     except OSError:
         pass  # it died already: records() says so

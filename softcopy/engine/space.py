@@ -27,6 +27,18 @@ def preflight_problem(files: int, nbytes: int, space: Space) -> str | None:
     return None
 
 
+def taken_back(removed: list[str] | None) -> str:
+    """The end of a refusal before anything was copied: what it left (`removed`: what
+    this run had made and removed again; None: a destination it cannot tidy, a bucket)."""
+    if removed is None:
+        return "; nothing was copied"
+    if not removed:
+        return "; nothing was copied, and the destination is as it was"
+    return "; nothing was copied, and the folders softcopy made for this run were removed: " + (
+        ", ".join(sorted(removed))
+    )
+
+
 def full_problem(error: str, files: int, nbytes: int, space: Space) -> str:
     """What to say when the destination filled up mid-copy."""
     if space.free_inodes == 0:

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..names import name_bytes, safe_text, shown
+from ..priority import ours_only
 
 OUTPUT_TAIL = 4096
 
@@ -90,7 +91,8 @@ def run_hook(command: str, run: dict[str, Any], timeout: float) -> HookResult:
     Python's `json.loads` turns back into the same key (`os.fsencode` gives the bytes).
     A caller that wants `status --json`'s form passes `names.json_record(run)`.
 
-    Environment: softcopy's (less its sd_notify variables, PRIVATE_ENV), plus SOFTCOPY_RUN,
+    Environment: softcopy's as it was started (less its sd_notify variables, PRIVATE_ENV,
+    and its own OPENBLAS_NUM_THREADS, priority.ours_only), plus SOFTCOPY_RUN,
     SOFTCOPY_SOURCE, SOFTCOPY_DESTINATION and SOFTCOPY_STATE from run["run"], run["source"],
     run["destination"], run["state"] ("" when missing); a name's value is its exact bytes.
 
@@ -211,7 +213,8 @@ def _program_problem(program: str) -> str:
 
 
 def _environment(run: dict[str, Any]) -> dict[str, Any]:
-    env: dict[str, Any] = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+    mine = ours_only(dict(os.environ))
+    env: dict[str, Any] = {k: v for k, v in mine.items() if k not in PRIVATE_ENV}
     for variable, field in ENV_FIELDS.items():
         value = run.get(field)
         # Bytes: a name that is not UTF-8 reaches the hook as its exact bytes.

@@ -188,6 +188,8 @@ def default_state_dir() -> Path:
 
 def to_db(name: str) -> str | bytes:
     """A name as the journal stores it: TEXT when its bytes are UTF-8, else those bytes."""
+    if name.isascii():  # nearly every chunk key: no round trip through bytes
+        return name
     raw = os.fsencode(name)
     try:
         return raw.decode("utf-8")
@@ -525,6 +527,10 @@ class Journal:
     ) -> None:
         self.path = state_dir / JOURNAL
         self.broken: ConfigError | None = None
+        # The target's (started, updated) as this opening found them, before it changed
+        # them: a destination side begun before this opening (early_match.py) read the same
+        # pair, or a run came between.
+        self.previous: tuple | None = None
         self.db = _open_or_reset(state_dir, reset_damaged)
         src, dst = to_db(source), to_db(destination)
         owner = (socket.gethostname(), boot_id(), os.getpid(), process_start(os.getpid()) or 0)
@@ -532,7 +538,7 @@ class Journal:
         with self._guard("record target in journal"), self.db:
             self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute(
-                "SELECT id, source FROM targets WHERE destination = ?", (dst,)
+                "SELECT id, source, started, updated FROM targets WHERE destination = ?", (dst,)
             ).fetchone()
             if row is not None and row[1] != src:
                 # Another source into the same destination: its records say nothing here.
@@ -547,6 +553,7 @@ class Journal:
                 self.id = int(cur.lastrowid or 0)
             else:
                 self.id = int(row[0])
+                self.previous = (row[2], row[3])
                 self.db.execute(
                     "UPDATE targets SET state='waiting', reason='', error='', started=?, updated=?"
                     " WHERE id=?",
@@ -734,6 +741,18 @@ def copied_in(
     found = {r[0][cut:]: r[1:] for r in rows}
     get = found.get
     return [get(n, _NO_ROW) for n in names]
+
+
+def is_current(path: Path) -> bool:
+    """Whether `path` is a journal of this softcopy's schema, none of its files a link: one
+    a reader may open before a `Journal` has (reading one to be refused, or migrated, would
+    leave a -wal and -shm beside it)."""
+    if any(os.path.islink(p) for p in (path, f"{path}-wal", f"{path}-shm")):
+        return False
+    try:
+        return _read_header(path) == (APPLICATION_ID, SCHEMA_VERSION)
+    except ConfigError:
+        return False
 
 
 def open_reader(path: Path) -> sqlite3.Connection:
