@@ -205,6 +205,10 @@ def unrelated_destination(src: Path, dst: Path) -> str | None:
 
 # Examples named in the refusal of a folder that is not this source's copy.
 _SHOWN = 3
+# Files of the source's name and size whose bytes not_this_copy compares, and how much of
+# each (the head, and the tail of a larger one).
+_SAMPLED = 8
+_SAMPLE_BYTES = 1 << 20
 
 
 def not_this_copy(src: Path, dst: Path) -> str | None:
@@ -222,6 +226,7 @@ def not_this_copy(src: Path, dst: Path) -> str | None:
         return None  # a source not there yet (--wait-for-source): claim() judges it then
     extra: list[str] = []
     other: list[str] = []
+    sampled = 0
     for key, st in _files_below(dst):
         try:
             there = os.lstat(src / key)
@@ -236,6 +241,12 @@ def not_this_copy(src: Path, dst: Path) -> str | None:
                 f"{safe_text(key)} ({counted(st.st_size, 'byte')}; the source's: "
                 f"{counted(there.st_size, 'byte')})"
             )
+        elif sampled < _SAMPLED:
+            # Uncompressed chunks of another acquisition have this one's names and sizes:
+            # a few files' bytes tell its copy from someone else's data.
+            sampled += 1
+            if not _same_bytes(src / key, dst / key, st):
+                other.append(f"{safe_text(key)} (of the source's size, other bytes)")
         if len(extra) >= _SHOWN or len(other) >= _SHOWN:
             break
     if not extra and not other:
@@ -251,6 +262,33 @@ def not_this_copy(src: Path, dst: Path) -> str | None:
         f"copy itself: to copy into the folder, give {dst / src.name}; to make it a copy of "
         f"{src} anyway (files the source lacks deleted, the others overwritten), add --replace"
     )
+
+
+def _same_bytes(a: Path, b: Path, st: os.stat_result) -> bool:
+    """Whether two files (or links) of one kind and size hold the same bytes: the whole of
+    a small file, the head and the tail of a large one. Unreadable counts as the same (the
+    copy's own checks say so)."""
+    try:
+        if stat.S_ISLNK(st.st_mode):
+            return os.readlink(a) == os.readlink(b)
+        if not stat.S_ISREG(st.st_mode):
+            return True
+    except OSError:
+        return True
+    fds: list[int] = []
+    try:
+        for path in (a, b):
+            fds.append(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))
+        ends = {0, max(0, st.st_size - _SAMPLE_BYTES)}
+        return all(
+            os.pread(fds[0], _SAMPLE_BYTES, at) == os.pread(fds[1], _SAMPLE_BYTES, at)
+            for at in ends
+        )
+    except OSError:
+        return True
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _kind(st: os.stat_result) -> str:

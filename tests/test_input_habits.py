@@ -94,6 +94,36 @@ def test_a_folder_holding_files_that_are_not_this_copy_is_refused(
     assert snapshot(tmp_path) == before  # nothing overwritten, no records folder, no lock
 
 
+def test_another_acquisitions_copy_of_the_same_names_and_sizes_is_refused(tmp_path: Path) -> None:
+    # Uncompressed chunks of one protocol have one size: only their bytes tell another
+    # acquisition's copy from a partial copy of this one.
+    src = make_array(tmp_path / "a.zarr", chunks=("0", "1", "2"))
+    (src / "complete").touch()
+    dest = make_array(tmp_path / "b-copy", chunks=("0", "1", "2"))
+    (dest / "1").write_bytes(b"XXXX")  # as long as ours, not ours
+    large = os.urandom(3 << 20)  # a large file: its head and its tail are compared
+    (src / "3").write_bytes(large)
+    (dest / "3").write_bytes(large[:-1] + bytes([large[-1] ^ 1]))
+    before = snapshot(tmp_path)
+    proc = run_softcopy("copy", src, dest)
+    assert proc.returncode == 2, proc.stderr
+    assert_one_error(
+        proc.stderr,
+        f"cannot copy to destination {dest}: it is an existing folder softcopy did not make",
+        "1 (of the source's size, other bytes)",
+        "3 (of the source's size, other bytes)",
+        "(they would be overwritten)",
+        "add --replace",
+    )
+    assert snapshot(tmp_path) == before
+    # The same names with the same bytes: a partial copy of this source, copied into.
+    (dest / "1").write_bytes((src / "1").read_bytes())
+    (dest / "3").write_bytes(large)
+    proc = run_softcopy("copy", src, dest)
+    assert proc.returncode == 0, proc.stderr
+    assert_same_tree(src, dest)
+
+
 def test_replace_makes_a_folder_softcopy_did_not_make_the_copy(tmp_path: Path) -> None:
     src, dest = another_acquisition_with_notes(tmp_path)
     proc = run_softcopy("copy", "--replace", src, dest)

@@ -548,3 +548,17 @@ def test_a_file_copied_twice_in_a_run_is_one_file_copied() -> None:
     ledger.set_layout(layout([8, 4], [2, 2]))  # the array grew: its rows carried over
     assert ledger.copied_first("c/0/0") is False
     assert ledger.copied_first("c/3/1") is True
+
+
+def test_a_key_located_again_after_its_array_changed_is_located_afresh() -> None:
+    # locate() remembers the last key it located: a new grid or a dropped array must not
+    # hand out the old array's place.
+    ledger = Ledger()
+    ledger.set_layout(layout([4, 4], [2, 2]))
+    first = ledger.locate("c/1/1")
+    assert first is not None and ledger.locate("c/1/1") is first
+    ledger.set_layout(layout([4, 4], [1, 1]))  # another grid: c/1/1 is another chunk
+    again = ledger.locate("c/1/1")
+    assert again is not None and again[0] is not first[0] and again[1] == 5
+    ledger.drop_array("")
+    assert ledger.locate("c/1/1") is None

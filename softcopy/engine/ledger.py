@@ -490,6 +490,9 @@ class Ledger:
     # True when array rows may need work that the queue does not hold yet
     _stale: bool = False
     _seen_other: set[str] | None = None
+    # The last key located and where: an outcome's handling asks for one key four or five
+    # times in a row (copied, set_copied, copied_first, source, needs_work).
+    _last: tuple[str, tuple[_ArrayState, int] | None] = ("", None)
 
     # ---- arrays -------------------------------------------------------------
 
@@ -516,6 +519,7 @@ class Ledger:
         self.arrays[layout.path] = _ArrayState.build(layout, ids, src, flags, digest, other_dst)
         self._stale = True
         self._dir_cache.clear()
+        self._last = ("", None)
         return True
 
     def drop_array(self, path: str) -> None:
@@ -524,6 +528,7 @@ class Ledger:
         if state is not None:
             self._move_out(state, state.live())
             self._dir_cache.clear()
+            self._last = ("", None)
 
     def _carry_over(self, old: _ArrayState, layout: ArrayLayout) -> _Rows:
         """The rows of an old grid that fit the new one; the others move to the dict.
@@ -594,6 +599,14 @@ class Ledger:
         return ids, src, flags, digest, other_dst
 
     def locate(self, key: str) -> tuple[_ArrayState, int] | None:
+        last = self._last
+        if last[0] == key and key:
+            return last[1]
+        hit = self._locate(key)
+        self._last = (key, hit)
+        return hit
+
+    def _locate(self, key: str) -> tuple[_ArrayState, int] | None:
         slash = key.rfind("/")
         dirname = key[:slash] if slash >= 0 else ""
         try:
