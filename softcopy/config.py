@@ -652,7 +652,8 @@ def load_targets(
     targets = load_entries(
         path, doc, lines, "targets", ("source", "destination"), OPTIONS, build, errors
     )
-    missing = _missing_sources(path, doc, lines, built) if check_sources else []
+    wanted = {**base, **(overrides or {})}
+    missing = _missing_sources(path, doc, lines, built, wanted) if check_sources else []
     if errors:
         raise_in_order(path, errors + missing)
     # Before a missing source: one that is another target's copy or records says so.
@@ -662,20 +663,35 @@ def load_targets(
 
 
 def _missing_sources(
-    path: Path, doc: dict[str, Any], lines: Lines, built: dict[str, TargetConfig]
+    path: Path,
+    doc: dict[str, Any],
+    lines: Lines,
+    built: dict[str, TargetConfig],
+    options: dict[str, Any],
 ) -> list[ConfigError]:
     """A source that is not there (and is not waited for), named by its line in the file
-    as every other error of the file is; the engine would say the same without the line."""
+    as every other error of the file is; the engine would say the same without the line.
+    A target with another error is looked at too (its options as written): all at once."""
     errors = []
     for i, entry in enumerate(doc.get("targets") or []):
-        cfg = built.get(f"{_at(path, lines, 'targets', i)}: targets[{i}]")
-        if cfg is None or cfg.wait_for_source:
+        if not isinstance(entry, dict):
             continue
         written = entry.get("source")
-        shown = written if str(cfg.source) == written else f"{written} ({cfg.source})"
-        if not os.path.lexists(cfg.source):
+        cfg = built.get(f"{_at(path, lines, 'targets', i)}: targets[{i}]")
+        if cfg is not None:
+            waits, source = cfg.wait_for_source, cfg.source
+        elif isinstance(written, str) and written:
+            # Not built (another error of this target): as make_target would resolve it.
+            waits = {**options, **entry}.get("wait_for_source") not in (None, False)
+            source = Path(os.path.abspath(file_path(path, written)))
+        else:
+            continue
+        if waits:
+            continue
+        shown = written if str(source) == written else f"{written} ({source})"
+        if not os.path.lexists(source):
             problem = "it does not exist"
-        elif not os.path.isdir(cfg.source):
+        elif not os.path.isdir(source):
             problem = "it is not a directory"
         else:
             continue

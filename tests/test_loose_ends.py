@@ -93,8 +93,12 @@ def test_a_refusal_of_a_rerun_leaves_the_copy_and_its_records(tmp_path: Path, sm
     result = run_softcopy("copy", src, dst)
     assert result.returncode == 1, result.stderr
     text = one_paragraph(result.stderr)
-    assert "free at least" in text and "the destination is as it was" in text, text
+    assert "free at least" in text and "the destination is as it was" not in text, text
+    # The copy stays, but not as it was: its certificate went as the rerun began (the
+    # source changed), and the refusal says so instead of "as it was".
+    assert "its certificate was withdrawn" in text, text
     assert (mnt / "dst.zarr.softcopy" / "target.json").is_file()
+    assert not (mnt / "dst.zarr.softcopy" / "certificate.json").exists()
     assert tree_files(dst), "the earlier copy stays"
 
 
@@ -130,6 +134,19 @@ def test_a_missing_source_is_an_error_of_the_file_at_its_line(tmp_path: Path) ->
     (targets.parent / "missing.zarr").write_text("")
     with pytest.raises(ConfigError, match=r"t\.yaml:5: .*: it is not a directory$"):
         load_targets(targets, check_sources=True)
+
+
+def test_a_missing_source_is_named_beside_another_error_of_its_target(tmp_path: Path) -> None:
+    # All of a file's errors at once: a target with a bad option is looked at too.
+    targets = targets_with_a_missing_source(tmp_path)
+    targets.write_text(targets.read_text() + f"  - source: gone.zarr\n    destination: "
+                       f"{tmp_path / 'g'}\n    settle: -1\n")  # fmt: skip
+    with pytest.raises(ConfigError) as raised:
+        load_targets(targets, check_sources=True)
+    text = str(raised.value)
+    assert "t.yaml:5: targets[1].source missing.zarr" in text, text
+    assert "targets[3].settle" in text, text
+    assert f"targets[3].source gone.zarr ({tmp_path / 'gone.zarr'}): it does not exist" in text
 
 
 def test_a_missing_source_in_a_targets_file_names_its_line(tmp_path: Path) -> None:

@@ -83,3 +83,11 @@ def test_json_is_the_same_with_q(src: Path, tmp_path: Path) -> None:
     loud = kinds(src, tmp_path / "d")
     assert "summary" in loud
     assert kinds(src, tmp_path / "e", "-q") == loud
+
+
+def test_a_quiet_simulation_prints_nothing(tmp_path: Path) -> None:
+    loud = run_softcopy("simulate", tmp_path / "a.zarr", "--timepoints", "1", "--interval", "0")
+    assert loud.returncode == 0 and loud.stdout.startswith("simulated "), loud.stderr
+    _silent(run_softcopy("-q", "simulate", tmp_path / "b.zarr", "--timepoints", "1",
+                         "--interval", "0"))  # fmt: skip
+    assert (tmp_path / "b.zarr" / "zarr.json").is_file()

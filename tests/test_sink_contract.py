@@ -33,6 +33,7 @@ from softcopy.sinks.base import (
     DELETED,
     FAILED,
     SAME,
+    RecordsFolder,
     Sink,
     SinkSpec,
     sink_from_spec,
@@ -154,6 +155,22 @@ def test_every_operation_is_there_with_the_protocols_parameters(sink: Sink) -> N
         ), name  # the protocol's own lists self
     assert {f.name for f in dataclasses.fields(sink.capabilities)} >= {"links", "deletes"}
     assert sink_from_spec(sink.spec).spec == sink.spec
+
+
+def test_every_records_folder_has_the_protocols_operations(sink: Sink) -> None:
+    # The engine asks a bucket's records what it asks a folder's: one missing operation
+    # was an internal error of every copy to a bucket.
+    records = sink.records
+    assert records is not None
+    for name, wanted in vars(RecordsFolder).items():
+        if (name.startswith("_") and name != "__truediv__") or not callable(wanted):
+            continue
+        assert callable(getattr(records, name, None)), name
+    assert not records.has("certificate.json")
+    records.write("certificate.json", b"{}")
+    assert records.has("certificate.json")
+    records.unlink("certificate.json")
+    assert not records.has("certificate.json")
 
 
 # ---- a put ------------------------------------------------------------------------------------

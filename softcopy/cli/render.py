@@ -73,7 +73,9 @@ def plan_text(
     lines += [
         f"  free space:  {free} on {plan.get('destination_mount')}",
         "  fits:        "
-        + ("yes" if plan.get("fits") else "NO: free space or choose another destination"),
+        + (
+            "yes" if plan.get("fits") else "NO: free some space there or choose another destination"
+        ),
     ]
     return "\n".join(lines)
 

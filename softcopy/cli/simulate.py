@@ -22,6 +22,7 @@ from ..engine.runner import StopSignal
 from ..errors import EXIT_FAILED, EXIT_OK, ConfigError, SoftcopyError, from_os_error
 from ..units import counted
 from ..zarr.simulate import FORMATS, LAYOUTS
+from .common import quiet_asked
 from .copy import copy_all
 from .progress import make_reporter
 from .signals import guarded
@@ -110,11 +111,12 @@ def simulate(ctx: click.Context, destination: Path, **options: Any) -> None:
                 f"{destination} before simulating into it again"
             )
             raise SoftcopyError(destination, "simulate into", problem) from None
-        click.echo(
-            f"simulated {counted(summary['files'], 'file')} "
-            f"({counted(summary['bytes'], 'byte')}) in "
-            f"{summary['seconds']:.1f} s at {destination}"
-        )
+        if not quiet_asked():  # -q: nothing on success, as every command
+            click.echo(
+                f"simulated {counted(summary['files'], 'file')} "
+                f"({counted(summary['bytes'], 'byte')}) in "
+                f"{summary['seconds']:.1f} s at {destination}"
+            )
         return EXIT_OK
 
     ctx.exit(guarded(ctx, body))

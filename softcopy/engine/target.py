@@ -401,6 +401,7 @@ class Supervisor:
         records.remove_stale_temporaries()
         # Whatever a previous run certified no longer holds once this run writes:
         # a cleanup script must never find a certificate for a copy in progress.
+        self._withdrew = records.has(CERTIFICATE)  # said if this run is refused
         for stale in (CERTIFICATE, MANIFEST, SIZE_LIST, "summary.json"):
             records.unlink(stale)
         if self.owned:
@@ -759,6 +760,7 @@ class Supervisor:
     _runlog: RunLog | None = None  # opened on the first line, once the records are locked
     _claimed = False  # the destination passed `claim`
     _made: Made | None = None  # what a local destination lacked before this run
+    _withdrew = False  # this run removed a previous run's certificate
     _holes_checked = False  # absent chunk files looked for, once settled
     _replacing: set[str] = frozenset()  # type: ignore[assignment]  # a set from the start on
 
@@ -849,6 +851,13 @@ class Supervisor:
 
     def _take_back(self) -> str:
         """Nothing was copied: what this run made at the destination goes again, in words."""
+        if self._withdrew:
+            # A rerun: the copy stays, but the previous run's certificate went as this one
+            # began. Nothing is taken back, and the words must not say "as it was".
+            return (
+                "; nothing was copied: the copy there is kept, but its certificate was "
+                "withdrawn as this run began, and a run that completes certifies it again"
+            )
         if self._made is None:
             return taken_back(None)
         # No run log into a records folder about to go: the journal keeps the refusal.

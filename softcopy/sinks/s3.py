@@ -439,6 +439,18 @@ class ObjectRecords:
             raise self._error(exc, "remove record", name) from exc
         return True
 
+    def has(self, name: str) -> bool:
+        """Whether the record is there (a HEAD request)."""
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.prefix + name)
+        except botocore.exceptions.ClientError as exc:
+            if is_missing(exc):
+                return False
+            raise self._error(exc, "look for record", name) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc, "look for record", name) from exc
+        return True
+
     def unlink(self, name: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self.prefix + name)

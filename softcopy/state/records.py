@@ -173,6 +173,14 @@ class Records:
         os.set_blocking(fd, True)
         return fd
 
+    def has(self, name: str) -> bool:
+        """Whether a record of that name is there (a link counts, and is not followed)."""
+        try:
+            os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except OSError:
+            return False
+        return True
+
     def unlink(self, name: str) -> None:
         try:
             os.unlink(name, dir_fd=self.fd)
