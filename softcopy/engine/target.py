@@ -49,6 +49,9 @@ from ..verify.sizes import SIZE_LIST
 from .backoff import Backoff, shares_disk
 from .checkpoint import Checkpoints
 from .claim import claim, previous_target, source_identity
+from .early_match import MATCH_BATCH as _MATCH_BATCH
+from .early_match import NICE as _SUPERVISOR_NICE
+from .early_match import SIDE_FROM as _SIDE_FROM
 from .early_match import take as take_early_side
 from .end import (
     certificate,
@@ -78,7 +81,6 @@ from .stop import StopSignal
 
 log = logging.getLogger(__name__)
 
-_SUPERVISOR_NICE = 10
 _LOG_EVERY = 10.0
 # The loop's longest sleep while copying, and how often it reads change notifications:
 # every _EVENTS_EVERY while a copier could take new work, every _EVENTS_EVERY_BUSY while
@@ -91,12 +93,6 @@ _EVENTS_EVERY_BUSY = 0.2
 # The destination holds a copy whose source version is not proven (racy.py): it is
 # compared again. Negative fields read as "absent" everywhere, and match no version.
 _UNPROVEN = Version(-2, -2, -2, -2)
-# Destination files matched with the journal in one step (a batch of directories): 2,048
-# keeps a 200,000-file rerun 5 MB lower than 8,192, for a little more work per batch.
-_MATCH_BATCH = 2048
-# A rerun's destination is listed in a process of its own (prematch.py) once the journal
-# holds this many of its files: below, starting one costs more than the listing.
-_SIDE_FROM = 5000
 # Network filesystems stamp files with the server's clock, which may run behind ours.
 _NETWORK_CLOCK_SKEW_NS = 2_000_000_000
 
