@@ -436,7 +436,9 @@ def test_a_run_vanishing_while_waiting_is_forgotten_not_failed(roots) -> None:
 def test_a_run_vanishing_mid_copy_is_failed_naming_it(roots) -> None:
     src, dst, state = roots
     make_run(src / "run_1", {f"Data/f{i}.bin": os.urandom(20000) for i in range(3)}, None)
-    watcher = start_watch(src, dst, state, "--kind", "directory", "--idle-timeout", "10")
+    # An idle timeout no wait here reaches: on a slow machine, 10 s could pass before the
+    # first copies, and the run would be verifying (ended by its quiet) when it vanishes.
+    watcher = start_watch(src, dst, state, "--kind", "directory", "--idle-timeout", "600")
     wait_for(lambda: (dst / "run_1" / "Data" / "f2.bin").exists(), what="copy under way",
              proc=watcher)  # fmt: skip
     assert journal_states(state) == {"run_1": "copying"}
