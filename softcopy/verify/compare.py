@@ -13,11 +13,11 @@ from typing import BinaryIO
 
 from ..errors import MetadataError
 from ..names import safe_text, shown
-from ..sources.scan import DirListing, Version, gone, list_dir, scan_tree
+from ..sources.scan import DirListing, DirNames, Version, gone, list_dir, list_names, scan_tree
 from ..zarr.layout import METADATA_NAMES, attributes_problem, metadata_kind, read_node
 from .early import EarlyRead
 from .hashing import hash_files
-from .sizes import format_entry, size_list_body
+from .sizes import format_entries, format_entry, size_list_body
 
 # `{against}` is what the destination is compared with: the source, or (the source long
 # gone) the manifest or the size list the copy left in its records.
@@ -41,6 +41,7 @@ _TEMPLATES = {
 }
 
 SOURCE, MANIFEST, SIZE_LIST = "source", "manifest", "size list"
+_Listing = DirListing | DirNames  # as list_dir or list_names gives a directory
 
 
 # The name `status` and older callers use; one function shows every name (names.shown).
@@ -115,9 +116,12 @@ def compare_trees(
     result = Verification()
     same_size: list[tuple[str, Version, Version]] = []  # with hashes only
     metadata: list[str] = []
-    for rel, here, there in _walk_both(source, destination):
-        _compare_dir(source, destination, rel, here, there, ignore, keep, hashes, result,
-                     same_size, metadata)  # fmt: skip
+    quick = not hashes and keep is None  # a digest or a filter looks at every file
+    for rel, here, there in _walk_both(source, destination, lister=list_names):
+        if quick and _same_files(rel, here, there, result, metadata):
+            continue
+        _compare_dir(source, destination, rel, _keyed(rel, here), _keyed(rel, there), ignore,
+                     keep, hashes, result, same_size, metadata)  # fmt: skip
     findings = result.findings
     if hashes:
         same_size.sort()  # read in order: neighbours on disk, findings in order
@@ -133,19 +137,21 @@ def _walk_both(
     source: str,
     destination: str,
     there_of: Callable[[str], DirListing | OSError | None] | None = None,
-) -> Iterator[tuple[str, DirListing | OSError | None, DirListing | OSError | None]]:
+    lister: Callable[[str, str], _Listing] = list_dir,
+) -> Iterator[tuple[str, _Listing | OSError | None, _Listing | OSError | None]]:
     """(rel, source listing, destination listing) for every directory of either tree, parents
     first; None for a side that has no such directory, an OSError for one not listable.
     `there_of`: the destination's listing of a directory, for one that is not a tree here
-    (a sink's listing regrouped); by default it is listed below `destination`."""
+    (a sink's listing regrouped); by default it is listed below `destination`. `lister`:
+    list_dir, or list_names for a caller that takes names and arrays (compare_trees)."""
     stack: list[tuple[str, bool, bool]] = [("", True, True)]
     while stack:
         rel, on_source, on_destination = stack.pop()
-        here = _listing(source, rel) if on_source else None
+        here = _listing(source, rel, lister) if on_source else None
         if not on_destination:
             there = None
         else:
-            there = _listing(destination, rel) if there_of is None else there_of(rel)
+            there = _listing(destination, rel, lister) if there_of is None else there_of(rel)
         yield rel, here, there
         if isinstance(here, OSError) or isinstance(there, OSError):
             continue  # what one side cannot show is not walked on the other either
@@ -154,9 +160,11 @@ def _walk_both(
         stack.extend((d, d in mine, d in theirs) for d in sorted(mine | theirs, reverse=True))
 
 
-def _listing(root: str, rel: str) -> DirListing | OSError | None:
+def _listing(
+    root: str, rel: str, lister: Callable[[str, str], _Listing] = list_dir
+) -> _Listing | OSError | None:
     try:
-        return list_dir(root, rel)
+        return lister(root, rel)
     except OSError as exc:
         if gone(exc):
             return None
@@ -166,6 +174,73 @@ def _listing(root: str, rel: str) -> DirListing | OSError | None:
 
 
 _EMPTY = DirListing()
+# Files in a directory from which _same_files compares it as a whole: below, numpy's cost
+# per call is more than the file-by-file comparison it saves.
+_AS_A_WHOLE_FROM = 16
+
+
+def _same_files(
+    rel: str,
+    here: DirNames | OSError | None,
+    there: DirNames | OSError | None,
+    result: Verification,
+    metadata: list[str],
+) -> bool:
+    """A directory below the root that holds the same file names of the same sizes on both
+    sides and nothing to report (no link, no destination temporary, nothing unreadable):
+    counted and put in the size list a directory at a time, with no Version, key or
+    comparison per file. False, with nothing done, for anything else: _compare_dir decides.
+
+    A zarr archive is mostly such directories, so verifying a copy costs little more than
+    listing both trees (a file-by-file comparison was a third of it)."""
+    if not rel or not isinstance(here, DirNames) or not isinstance(there, DirNames):
+        return False  # the root: `ignore` applies there; a missing side: findings
+    files = len(there.names)
+    if files < _AS_A_WHOLE_FROM or len(here.names) != files:
+        return False
+    if here.links or there.links or there.temporary or here.errors or there.errors:
+        return False
+    import numpy as np  # only here: `softcopy verify` of a few files does without it
+
+    names = sorted(there.names)  # the size list's order, as _compare_dir's
+    at_source = dict(zip(here.names, range(files), strict=True))
+    at_destination = dict(zip(there.names, range(files), strict=True))
+    try:
+        # As many names, each of them on both sides: the same set.
+        source_rows = list(map(at_source.__getitem__, names))
+    except KeyError:
+        return False
+    destination_rows = list(map(at_destination.__getitem__, names))
+    theirs = np.frombuffer(there.versions, dtype=np.int64).reshape(-1, 4)[destination_rows]
+    mine = np.frombuffer(here.versions, dtype=np.int64).reshape(-1, 4)[source_rows]
+    if not np.array_equal(mine[:, 0], theirs[:, 0]):
+        return False
+    sizes = theirs[:, 0].tolist()
+    lines = format_entries(f"{rel}/", names, sizes, theirs[:, 1].tolist())
+    result.size_list.write(lines.encode("utf-8", "surrogateescape"))
+    result.files += files
+    result.bytes += sum(sizes)
+    # No ending spans the '/': a name ends with one exactly when its key does. A chunk
+    # folder holds none: one search of all its names at once says so.
+    joined = "".join(names)
+    if any(ending in joined for ending in _METADATA_ENDINGS):
+        metadata += [f"{rel}/{name}" for name in names if name.endswith(_METADATA_ENDINGS)]
+    return True
+
+
+def _keyed(rel: str, listing: _Listing | OSError | None) -> DirListing | OSError | None:
+    """A DirNames as the DirListing _compare_dir takes: its files keyed, a Version each."""
+    if not isinstance(listing, DirNames):
+        return listing
+    prefix = f"{rel}/" if rel else ""
+    fields = listing.versions
+    files = {
+        prefix + name: Version(*fields[4 * row : 4 * row + 4])
+        for row, name in enumerate(listing.names)
+    }
+    return DirListing(
+        files, listing.links, listing.dirs, listing.temporary, listing.errors, listing.newest_ns
+    )
 
 
 def _compare_dir(
