@@ -17,10 +17,12 @@ FILES = 40  # per folder: well above the size from which a folder is compared as
 
 
 def _tree(root: Path) -> None:
-    (root / "c" / "0").mkdir(parents=True)
+    root.mkdir()
     (root / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
-    for i in range(FILES):
-        (root / "c" / "0" / str(i)).write_bytes(bytes([i]) * (100 + i))
+    for folder in ("0", "1"):
+        (root / "c" / folder).mkdir(parents=True)
+        for i in range(FILES):
+            (root / "c" / folder / str(i)).write_bytes(bytes([i]) * (100 + i))
     # A zarr v2 array: its metadata among its chunks, in one folder.
     (root / "v2").mkdir()
     (root / "v2" / ".zarray").write_text(
@@ -76,45 +78,52 @@ def test_a_true_copy_is_compared_a_folder_at_a_time(
     monkeypatch.setattr(compare, "_compare_dir", spy)
     result = compare_trees(str(src), str(dst))
     assert result.ok
-    assert result.files == 2 * FILES + 2
-    # Only the root (where `ignore` applies) and the folder `c` of one folder are file by file.
-    assert sorted(one_by_one) == ["", "c"]
+    assert result.files == 3 * FILES + 2
+    # File by file: the root (where `ignore` applies), the folder `c` of two folders, and
+    # `c/0`, the first large folder after small ones (listed for that: _lister_by_size).
+    assert sorted(one_by_one) == ["", "c", "c/0"]
     lines = _lines(result).decode().splitlines()
-    assert "c/0/7\t107\t1000000000" in lines
+    assert "c/1/7\t107\t1000000000" in lines
     # In key order within a folder, as the file-by-file comparison writes them.
-    chunk_lines = [line.split("\t")[0] for line in lines if line.startswith("c/0/")]
-    assert chunk_lines == sorted(f"c/0/{i}" for i in range(FILES))
+    chunk_lines = [line.split("\t")[0] for line in lines if line.startswith("c/1/")]
+    assert chunk_lines == sorted(f"c/1/{i}" for i in range(FILES))
 
 
 def _size(dst: Path) -> None:
-    (dst / "c" / "0" / "7").write_bytes(b"short")
+    (dst / "c" / "1" / "7").write_bytes(b"short")
 
 
 def _missing(dst: Path) -> None:
-    (dst / "c" / "0" / "7").unlink()
+    (dst / "c" / "1" / "7").unlink()
 
 
 def _extra(dst: Path) -> None:
-    (dst / "c" / "0" / "extra").write_bytes(b"x")
+    (dst / "c" / "1" / "extra").write_bytes(b"x")
 
 
 def _renamed(dst: Path) -> None:
     # As many files on both sides, not the same names.
-    (dst / "c" / "0" / "7").rename(dst / "c" / "0" / "seven")
+    (dst / "c" / "1" / "7").rename(dst / "c" / "1" / "seven")
 
 
 def _leftover(dst: Path) -> None:
-    (dst / "c" / "0" / f"{TEMP_PREFIX}7").write_bytes(b"partial")
+    (dst / "c" / "1" / f"{TEMP_PREFIX}7").write_bytes(b"partial")
 
 
 def _link_for_file(dst: Path) -> None:
-    (dst / "c" / "0" / "7").unlink()
-    (dst / "c" / "0" / "7").symlink_to("elsewhere")
+    (dst / "c" / "1" / "7").unlink()
+    (dst / "c" / "1" / "7").symlink_to("elsewhere")
 
 
 def _directory_for_file(dst: Path) -> None:
-    (dst / "c" / "0" / "7").unlink()
-    (dst / "c" / "0" / "7").mkdir()
+    (dst / "c" / "1" / "7").unlink()
+    (dst / "c" / "1" / "7").mkdir()
+
+
+def _most_of_the_first_folder_missing(dst: Path) -> None:
+    # The two sides of `c/0` then come as the two kinds of listing (_lister_by_size).
+    for i in range(2, FILES):
+        (dst / "c" / "0" / str(i)).unlink()
 
 
 @pytest.mark.parametrize(
@@ -127,6 +136,7 @@ def _directory_for_file(dst: Path) -> None:
         (_leftover, ["leftover"]),
         (_link_for_file, ["type"]),
         (_directory_for_file, ["missing"]),
+        (_most_of_the_first_folder_missing, ["missing"] * (FILES - 2)),
     ],
 )
 def test_every_difference_in_a_large_folder_is_found_as_one_by_one(
@@ -155,10 +165,10 @@ def test_links_in_a_large_folder_are_compared(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src, dst = _pair(tmp_path)
-    (src / "c" / "0" / "link").symlink_to("0")
-    (dst / "c" / "0" / "link").symlink_to("1")
+    (src / "c" / "1" / "link").symlink_to("0")
+    (dst / "c" / "1" / "link").symlink_to("1")
     result = _both_ways(src, dst, monkeypatch)
-    assert [(f.kind, f.key) for f in result.findings] == [("link", "c/0/link")]
+    assert [(f.kind, f.key) for f in result.findings] == [("link", "c/1/link")]
 
 
 def test_any_name_in_a_large_folder_is_listed_as_one_by_one(
@@ -167,14 +177,14 @@ def test_any_name_in_a_large_folder_is_listed_as_one_by_one(
     src, dst = _pair(tmp_path)
     odd = [b"caf\xc3\xa9", b"\xff\xfe", b"back\\slash", b"new\nline"]
     for root in (src, dst):
-        folder = os.fsencode(root / "c" / "0")
+        folder = os.fsencode(root / "c" / "1")
         for name in odd:
             with open(os.path.join(folder, name), "wb") as f:
                 f.write(b"odd")
     result = _both_ways(src, dst, monkeypatch)
     assert result.ok
-    assert result.files == 2 * FILES + 2 + len(odd)
+    assert result.files == 3 * FILES + 2 + len(odd)
     # Written escaped, one line each: the raw byte and the newline never reach the list.
     lines = _lines(result).split(b"\n")
-    assert any(line.startswith(b"\\c/0/new\\nline\t3\t") for line in lines)
+    assert any(line.startswith(b"\\c/1/new\\nline\t3\t") for line in lines)
     assert not any(b"\xff" in line for line in lines)

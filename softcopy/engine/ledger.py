@@ -141,7 +141,9 @@ class _ArrayState:
         """The row of chunk `index`, or None when it has none (sparse only)."""
         if self.ids is None:
             return index
-        p = int(np.searchsorted(self.ids[: self.ordered], index))
+        # The array's own method: numpy's function adds 1-2 µs of dispatch to each of the
+        # five or six finds a live chunk's outcome makes.
+        p = int(self.ids[: self.ordered].searchsorted(index))
         if p < self.ordered and self.ids[p] == index:
             return p
         return self.tail.get(index)

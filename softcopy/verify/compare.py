@@ -117,7 +117,7 @@ def compare_trees(
     same_size: list[tuple[str, Version, Version]] = []  # with hashes only
     metadata: list[str] = []
     quick = not hashes and keep is None  # a digest or a filter looks at every file
-    for rel, here, there in _walk_both(source, destination, lister=list_names):
+    for rel, here, there in _walk_both(source, destination, lister=_lister_by_size()):
         if quick and _same_files(rel, here, there, result, metadata):
             continue
         _compare_dir(source, destination, rel, _keyed(rel, here), _keyed(rel, there), ignore,
@@ -179,6 +179,26 @@ _EMPTY = DirListing()
 _AS_A_WHOLE_FROM = 16
 
 
+def _lister_by_size() -> Callable[[str, str], _Listing]:
+    """list_names for a folder likely to be compared as a whole, list_dir for one likely
+    compared file by file (its keyed listing is what _compare_dir takes, and converting a
+    small folder's names cost more than listing it so): decided by the folder listed last,
+    as a zarr tree's folders at one depth are alike. Either kind is compared correctly."""
+    last = 0  # files in the folder listed last
+
+    def lister(root: str, rel: str) -> _Listing:
+        nonlocal last
+        if last >= _AS_A_WHOLE_FROM:
+            names = list_names(root, rel)
+            last = len(names.names)
+            return names
+        listing = list_dir(root, rel)
+        last = len(listing.files)
+        return listing
+
+    return lister
+
+
 def _same_files(
     rel: str,
     here: DirNames | OSError | None,
@@ -233,10 +253,13 @@ def _keyed(rel: str, listing: _Listing | OSError | None) -> DirListing | OSError
     if not isinstance(listing, DirNames):
         return listing
     prefix = f"{rel}/" if rel else ""
-    fields = listing.versions
+    fields = iter(listing.versions)
+    # Four fields at a time at C speed, each made a Version without NamedTuple's argument
+    # handling: most folders are small, and this is then most of their cost.
+    make = tuple.__new__
+    fours = zip(fields, fields, fields, fields, strict=True)
     files = {
-        prefix + name: Version(*fields[4 * row : 4 * row + 4])
-        for row, name in enumerate(listing.names)
+        prefix + name: make(Version, four) for name, four in zip(listing.names, fours, strict=True)
     }
     return DirListing(
         files, listing.links, listing.dirs, listing.temporary, listing.errors, listing.newest_ns
