@@ -117,7 +117,9 @@ def compare_trees(
     same_size: list[tuple[str, Version, Version]] = []  # with hashes only
     metadata: list[str] = []
     quick = not hashes and keep is None  # a digest or a filter looks at every file
-    for rel, here, there in _walk_both(source, destination, lister=_lister_by_size()):
+    # A digest or a filter compares file by file: then every folder is listed keyed.
+    lister = _lister_by_size() if quick else list_dir
+    for rel, here, there in _walk_both(source, destination, lister=lister):
         if quick and _same_files(rel, here, there, result, metadata):
             continue
         _compare_dir(source, destination, rel, _keyed(rel, here), _keyed(rel, there), ignore,
@@ -255,7 +257,8 @@ def _keyed(rel: str, listing: _Listing | OSError | None) -> DirListing | OSError
     prefix = f"{rel}/" if rel else ""
     fields = iter(listing.versions)
     # Four fields at a time at C speed, each made a Version without NamedTuple's argument
-    # handling: most folders are small, and this is then most of their cost.
+    # handling (a large folder with a difference in it, or one side of a folder whose two
+    # sides were listed differently).
     make = tuple.__new__
     fours = zip(fields, fields, fields, fields, strict=True)
     files = {
